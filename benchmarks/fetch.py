@@ -1,0 +1,306 @@
+"""Patch fetch (`wsi_ats.fetch`) against the physical decode limit and naive per-patch OpenSlide reads.
+
+On a synthetic Aperio-like JPEG TIFF (``wsi_ats.synth.make_slide``, 40k x 40k by default,
+cached under ``benchmarks/results/tmp/``), for n = 16, 64, 256 patches of 256 px at level 0
+placed uniformly at random inside tissue (Otsu tissue mask of the slide, fresh positions
+each repeat, seeded), it times, in the same run and with the same number of threads:
+
+- ``limit``: the physical limit -- the compressed bytes of exactly the covering tiles, read
+  beforehand, decoded in a tight loop (tifffile ``page.decode``, imagecodecs under it), the
+  tiles split evenly across the threads; nothing is assembled;
+- ``fetch``: `wsi_ats.fetch.fetch_patches_with_stats` on the threaded scheduler;
+- ``naive``: one ``openslide.OpenSlide.read_region`` per patch, one thread.
+
+Wall time and process CPU time (all threads) are both recorded: on a shared, busy machine
+the CPU ratio still shows the overhead of fetch over pure decoding.
+
+Also a sweep of ``tasks_per_worker`` on threads at the largest n (what set the default), optionally
+the same fetch on a local ``dask.distributed`` cluster (``--distributed``), and the peak RSS
+of a fresh process that fetches the largest n once (its ``VmHWM``).
+Medians of ``--repeats`` runs; ``fetch_over_limit`` is the median of the per-repeat ratios
+(limit and fetch run back to back on the same positions, so a busy machine slows both
+alike). Writes ``benchmarks/results/fetch.json`` (``--quick``: a small slide, two repeats,
+``benchmarks/results/tmp/fetch-quick.json``) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from wsi_ats.fetch import fetch_patches_with_stats  # noqa: E402
+from wsi_ats.readers import open_slide  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+#: Fetch time over the physical limit that issue 6 asks for (n >= 64), and the RSS ceiling (n = 256).
+TARGET_RATIO, TARGET_RSS_MB = 1.3, 1024
+SWEEP = (1, 2, 4, 8, 32)
+
+
+def synthetic_slide(size: int, seed: int, cache: Path) -> Path:
+    """The cached synthetic TIFF for (size, seed), written once (the writer renames into place)."""
+    from wsi_ats.synth import make_slide
+
+    path = cache / f"synth-{size}-seed{seed}.tiff"
+    if not path.exists():
+        print(f"writing {path} (once) ...", file=sys.stderr)
+        make_slide(path, size, positive=True, seed=seed, fmt="tiff", workers=os.cpu_count() or 1)
+    return path
+
+
+def tissue_corners(slide, n: int, patch: int, rng: np.random.Generator) -> np.ndarray:
+    """n level-0 top-left corners of patches centred uniformly at random in tissue."""
+    from wsi_ats.tissue import tissue_mask
+
+    mask = tissue_mask(slide)
+    cells = np.argwhere(mask.mask)
+    if not len(cells):
+        raise SystemExit(f"{slide.name}: no tissue found")
+    pick = cells[rng.integers(0, len(cells), n)]
+    centres = (pick + rng.random((n, 2))) * mask.downsample
+    return np.floor(centres - patch / 2).astype(np.int64)
+
+
+def covering_tiles(slide, tops: np.ndarray, patch: int) -> list[tuple[int, int]]:
+    return sorted(set().union(*(slide.tiles_covering(0, (int(y), int(x)), (patch, patch)) for y, x in tops)))
+
+
+class DecodeLimit:
+    """Raw level-0 tile decoding with tifffile, the same decoder the fast TIFF reader ends in."""
+
+    def __init__(self, path: Path) -> None:
+        import tifffile
+
+        self.tif = tifffile.TiffFile(path)
+        self.page = self.tif.pages.first
+        self.cols = -(-self.page.imagewidth // self.page.tilewidth)
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def read(self, tiles: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+        page, out = self.page, []
+        for ty, tx in tiles:
+            i = ty * self.cols + tx
+            out.append((i, os.pread(self.fd, page.databytecounts[i], page.dataoffsets[i])))
+        return out
+
+    def seconds(self, segments: list[tuple[int, bytes]], threads: int) -> float:
+        decode, tables = self.page.decode, self.page.jpegtables
+
+        def loop(part: list[tuple[int, bytes]]) -> None:
+            for i, data in part:
+                decode(data, i, jpegtables=tables)
+
+        parts = [segments[k::threads] for k in range(threads)]
+        with ThreadPoolExecutor(threads) as pool:
+            start = time.perf_counter()
+            list(pool.map(loop, parts))
+            return time.perf_counter() - start
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self.tif.close()
+
+
+def naive_seconds(path: Path, tops: np.ndarray, patch: int) -> float:
+    import openslide
+
+    with openslide.OpenSlide(str(path)) as osr:
+        start = time.perf_counter()
+        for y, x in tops:
+            np.asarray(osr.read_region((int(x), int(y)), 0, (patch, patch)))[..., :3]
+        return time.perf_counter() - start
+
+
+def peak_rss(path: Path, n: int, patch: int, threads: int, seed: int) -> dict[str, float]:
+    """Peak RSS (MB) of a fresh process that opens the slide and fetches n patches once."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    cmd = [sys.executable, __file__, "--rss-probe", str(path), "--n", str(n), "--patch", str(patch),
+           "--threads", str(threads), "--seed", str(seed)]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _rss_probe(path: Path, n: int, patch: int, threads: int, seed: int) -> None:
+    slide = open_slide(path)
+    tops = tissue_corners(slide, n, patch, np.random.default_rng(seed))
+    before = _peak_mb()
+    patches, _ = fetch_patches_with_stats(slide, 0, tops, patch, num_workers=threads)
+    print(json.dumps({"before_fetch_mb": before, "peak_mb": _peak_mb(), "patches_mb": patches.nbytes / 2**20}))
+
+
+def _peak_mb() -> float:
+    """This process's peak RSS: ``VmHWM`` (getrusage's maxrss would include the parent's, inherited across exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):  # not Linux: maxrss is in bytes on macOS
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
+    return round(kb / 1024, 1)
+
+
+def machine() -> dict[str, object]:
+    import dask
+    import imagecodecs
+    import openslide
+    import psutil
+    import tifffile
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__,
+        "dask": dask.__version__, "tifffile": tifffile.__version__, "imagecodecs": imagecodecs.__version__,
+        "openslide": openslide.__library_version__, "load_average_1min": round(os.getloadavg()[0], 2),
+    }  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    path = synthetic_slide(args.size, args.seed, args.cache)
+    info = machine()  # before the runs, so the load average is the other processes'
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(_local_client(args.threads)) if args.distributed else None
+        rows, sweep = _time_all(args, path, client)
+    rss = peak_rss(path, max(args.n), args.patch, args.threads, args.seed)
+    checked = [row["fetch_over_limit"] for row in rows if row["n"] >= 64]
+    slide = open_slide(path)
+    return {
+        "benchmark": "fetch",
+        "slide": {"size": list(slide.levels[0].shape), "tile": list(slide.tile_shape(0)), "format": "Aperio-like "
+                  "JPEG TIFF (wsi_ats.synth, Q90)", "file_mb": round(path.stat().st_size / 2**20, 1)},
+        "patch": args.patch, "threads": args.threads, "repeats": args.repeats,
+        "positions": "uniform in tissue (Otsu mask)", "machine": info, "results": rows,
+        "tasks_per_worker_sweep": _medians(sweep, n=max(args.n)),
+        "peak_rss_mb": rss,
+        "target": {"fetch_over_limit_max": TARGET_RATIO, "for_n_at_least": 64, "peak_rss_mb_max": TARGET_RSS_MB},
+        "meets_target": bool(checked and max(checked) <= TARGET_RATIO and rss["peak_mb"] <= TARGET_RSS_MB),
+    }  # fmt: skip
+
+
+def _medians(times: dict[int, list[float]], **extra: int) -> dict[str, float]:
+    return {**extra, **{str(k): round(statistics.median(v), 4) for k, v in times.items()}}
+
+
+@contextlib.contextmanager
+def _local_client(workers: int):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as c:
+        yield c
+
+
+def _time_all(args: argparse.Namespace, path: Path, client) -> tuple[list[dict], dict[int, list[float]]]:
+    slide, limit = open_slide(path), DecodeLimit(path)
+    threads, patch = args.threads, args.patch
+    warm = tissue_corners(slide, 16, patch, np.random.default_rng([args.seed, 1]))
+    fetch_patches_with_stats(slide, 0, warm, patch, num_workers=threads)  # thread pool, handle cache
+    rows, sweep = [], {}
+    for n in args.n:
+        times: dict[str, list[float]] = defaultdict(list)
+        tiles = []
+        for r in range(args.repeats):
+            tops = tissue_corners(slide, n, patch, np.random.default_rng([args.seed, n, r]))
+            cover = covering_tiles(slide, tops, patch)
+            segments = limit.read(cover)
+            cpu = time.process_time()
+            times["limit"].append(limit.seconds(segments, threads))
+            times["limit_cpu"].append(time.process_time() - cpu)
+            cpu = time.process_time()
+            _, stats = fetch_patches_with_stats(slide, 0, tops, patch, num_workers=threads)
+            times["fetch_cpu"].append(time.process_time() - cpu)
+            assert stats.tiles == len(cover), (stats.tiles, len(cover))
+            times["fetch"].append(stats.seconds)
+            tiles.append(stats.tiles)
+            if client is not None:
+                times["distributed"].append(fetch_patches_with_stats(slide, 0, tops, patch, client=client)[1].seconds)
+            times["naive"].append(naive_seconds(path, tops, patch))
+            if n == max(args.n):
+                for k in SWEEP if r % 2 else SWEEP[::-1]:  # alternate: no position bias
+                    _, stats = fetch_patches_with_stats(slide, 0, tops, patch, num_workers=threads, tasks_per_worker=k)
+                    sweep.setdefault(k, []).append(stats.seconds)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        paired = statistics.median(f / lim for f, lim in zip(times["fetch"], times["limit"]))
+        paired_cpu = statistics.median(f / lim for f, lim in zip(times["fetch_cpu"], times["limit_cpu"]))
+        rows.append({
+            "n": n, "tiles": int(statistics.median(tiles)), **{f"{k}_s": round(v, 4) for k, v in med.items()},
+            "fetch_over_limit": round(paired, 3), "fetch_over_limit_of_medians": round(med["fetch"] / med["limit"], 3),
+            "fetch_over_limit_cpu": round(paired_cpu, 3), "naive_over_fetch": round(med["naive"] / med["fetch"], 2),
+        })  # fmt: skip
+    limit.close()
+    return rows, sweep
+
+
+def markdown(result: dict) -> str:
+    dist = any("distributed_s" in r for r in result["results"])
+    head = "| n | tiles | limit (s) | fetch (s) | fetch / limit | CPU fetch / limit |"
+    head += (" distributed (s) |" if dist else "") + " naive OpenSlide (s) | naive / fetch |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in result["results"]:
+        line = f"| {r['n']} | {r['tiles']} | {r['limit_s']:.3f} | {r['fetch_s']:.3f} | {r['fetch_over_limit']:.2f} |"
+        line += f" {r['fetch_over_limit_cpu']:.2f} |"
+        line += f" {r['distributed_s']:.3f} |" if dist else ""
+        lines.append(line + f" {r['naive_s']:.3f} | {r['naive_over_fetch']:.1f} |")
+    sweep = result["tasks_per_worker_sweep"]
+    lines.append("")
+    lines.append(f"tasks_per_worker at n = {sweep['n']}: "
+                 + ", ".join(f"{k}: {v:.3f} s" for k, v in sweep.items() if k != "n"))  # fmt: skip
+    rss = result["peak_rss_mb"]
+    n = max(r["n"] for r in result["results"])
+    lines.append(f"peak RSS fetching n = {n}: {rss['peak_mb']:.0f} MB ({rss['before_fetch_mb']:.0f} MB before the "
+                 f"fetch); target met: {result['meets_target']}")  # fmt: skip
+    m = result["machine"]
+    lines.append(f"{m['cpu']}, {m['cores']} cores (load average {m['load_average_1min']} before the run), "
+                 f"{result['threads']} threads, {result['repeats']} repeats (median)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small slide, two repeats (a smoke run)")
+    p.add_argument("--size", type=int, default=None, help="level-0 edge of the synthetic slide (default 40000)")
+    p.add_argument("--n", type=int, nargs="+", default=[16, 64, 256], help="patch counts")
+    p.add_argument("--patch", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=None, help="runs per figure, median reported (default 7)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--distributed", action="store_true", help="also time a local dask.distributed cluster")
+    p.add_argument("--cache", type=Path, default=RESULTS / "tmp", help="where the synthetic slide is kept")
+    p.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/fetch.json)")
+    p.add_argument("--rss-probe", type=Path, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rss_probe is not None:
+        _rss_probe(args.rss_probe, max(args.n), args.patch, args.threads, args.seed)
+        return 0
+    args.size = args.size or (8192 if args.quick else 40000)
+    args.repeats = args.repeats or (2 if args.quick else 7)
+    args.out = args.out or (RESULTS / "tmp" / "fetch-quick.json" if args.quick else RESULTS / "fetch.json")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

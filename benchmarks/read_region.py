@@ -1,0 +1,204 @@
+"""Read throughput per backend: random 256-px patches and aligned tiles, 1 vs 2 threads.
+
+Builds one synthetic slide (tissue-like texture, 256-px tiles) as an Aperio-like
+JPEG TIFF (read by OpenSlide and by the TIFF fast path), an OME-Zarr 0.4 store
+(zstd, 256 chunks) and a numpy array, then times:
+
+- ``patch``: ``read_region`` of 256 x 256 patches at random (unaligned) level-0
+  positions, so most patches touch 4 tiles;
+- ``tile``: ``read_tile`` of random tiles (what `wsi_ats.fetch` and ``to_dask`` call).
+
+Each figure is the median of ``--repeats`` runs, each on fresh random positions
+(OpenSlide's tile cache, 128 MiB, holds about an eighth of the decoded slide).
+Writes ``benchmarks/results/read_region.json`` and prints a markdown table.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/read_region.py [--size 16384] [--reads 400] [--repeats 3]
+
+The load average before and after is recorded: on a shared machine, thread
+scaling says more about the neighbours than about the readers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import openslide
+import tifffile
+import zarr
+
+from wsi_ats.readers import open_slide
+
+TILE = 256
+PATCH = 256
+THREADS = (1, 2)
+
+
+def texture(size: int, seed: int) -> np.ndarray:
+    """Tissue-like RGB: smooth stain variation plus grain, so JPEG tiles cost what real ones do."""
+    rng = np.random.default_rng(seed)
+    block = 2048
+    yy, xx = np.mgrid[0:block, 0:block].astype(np.float32)
+    base = np.stack(
+        [200 - 60 * np.sin(xx / 41) ** 2, 150 + 50 * np.cos(yy / 29), 190 + 30 * np.sin((xx + yy) / 57)], axis=-1
+    )
+    base += rng.normal(0, 18, base.shape).astype(np.float32)
+    block_img = np.clip(base, 0, 255).astype(np.uint8)
+    reps = -(-size // block)
+    return np.tile(block_img, (reps, reps, 1))[:size, :size]
+
+
+def write_svs(path: Path, image: np.ndarray) -> None:
+    description = (
+        f"Aperio Image Library v12.0.0 \n{image.shape[1]}x{image.shape[0]} [0,0 {TILE}x{TILE}] JPEG/RGB Q=90"
+        "|AppMag = 40|MPP = 0.25"
+    )
+    tifffile.imwrite(
+        path,
+        image,
+        tile=(TILE, TILE),
+        compression="jpeg",
+        compressionargs={"level": 90},
+        photometric="rgb",
+        description=description,
+        metadata=None,
+        maxworkers=os.cpu_count(),
+    )
+
+
+def write_ome_zarr(path: Path, image: np.ndarray) -> None:
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.create_array("0", data=np.moveaxis(image, -1, 0), chunks=(3, TILE, TILE))
+    axes = [{"name": "c", "type": "channel"}] + [{"name": a, "type": "space", "unit": "micrometer"} for a in "yx"]
+    dataset = {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 0.25, 0.25]}]}
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [dataset]}]
+
+
+def throughput(read, jobs: list, threads: int) -> float:
+    start = time.perf_counter()
+    if threads == 1:
+        for job in jobs:
+            read(job)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(read, jobs))
+    return len(jobs) / (time.perf_counter() - start)
+
+
+def measure(slide, mode: str, reads: int, repeats: int, seed: int) -> dict[int, float]:
+    H, W = slide.levels[0].shape
+    rows, cols = slide.tile_grid(0)
+
+    def read(job: tuple[int, int]) -> np.ndarray:
+        return slide.read_region(0, job, (PATCH, PATCH)) if mode == "patch" else slide.read_tile(0, *job)
+
+    results = {}
+    for threads in THREADS:
+        runs = []
+        for r in range(repeats):
+            rng = np.random.default_rng([seed, threads, r])
+            if mode == "patch":
+                jobs = list(zip(rng.integers(0, H - PATCH, reads).tolist(), rng.integers(0, W - PATCH, reads).tolist()))
+            else:
+                jobs = list(zip(rng.integers(0, rows, reads).tolist(), rng.integers(0, cols, reads).tolist()))
+            runs.append(throughput(read, jobs, threads))
+        results[threads] = statistics.median(runs)
+    return results
+
+
+def machine() -> dict:
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+    return {
+        "cpu": model,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "openslide": openslide.__library_version__,
+        "openslide-python": openslide.__version__,
+        "tifffile": tifffile.__version__,
+        "imagecodecs": imagecodecs.__version__,
+        "libjpeg-turbo": imagecodecs.jpeg8_version(),
+        "zarr": zarr.__version__,
+        "loadavg_1min": os.getloadavg()[0],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=16384, help="level-0 edge of the synthetic slide")
+    parser.add_argument("--reads", type=int, default=400, help="reads per run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median reported)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "read_region.json")
+    args = parser.parse_args(argv)
+
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        image = texture(args.size, args.seed)
+        svs, zarr_dir = Path(tmp) / "bench.svs", Path(tmp) / "bench.ome.zarr"
+        write_svs(svs, image)
+        write_ome_zarr(zarr_dir, image)
+        slides = {
+            "openslide": open_slide(svs, backend="openslide"),
+            "tiff": open_slide(svs),
+            "ome-zarr": open_slide(zarr_dir),
+            "numpy": open_slide(image),
+        }
+        assert slides["tiff"].backend == "tiff"
+        rows = []
+        for mode in ("patch", "tile"):
+            for name, slide in slides.items():
+                rate = measure(slide, mode, args.reads, args.repeats, args.seed)
+                rows.append(
+                    {
+                        "backend": name,
+                        "read": mode,
+                        **{f"per_s_{t}_thread{'s' if t > 1 else ''}": round(rate[t], 1) for t in THREADS},
+                        "scaling_2_over_1": round(rate[2] / rate[1], 2),
+                    }
+                )
+        file_mib = round(svs.stat().st_size / 2**20, 1)
+
+    result = {
+        "machine": {**machine(), "loadavg_1min_before": load_before},
+        "config": {
+            "size": args.size,
+            "tile": TILE,
+            "patch": PATCH,
+            "reads": args.reads,
+            "repeats": args.repeats,
+            "seed": args.seed,
+            "svs_mib": file_mib,
+            "jpeg_quality": 90,
+        },
+        "results": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    info = result["machine"]
+    print(
+        f"{info['cpu']}, {info['usable_cores']} cores,"
+        f" load {info['loadavg_1min_before']:.1f} -> {info['loadavg_1min']:.1f};"
+        f" {args.size}^2 slide, {file_mib} MiB JPEG TIFF\n"
+    )
+    print("| read | backend | 1 thread /s | 2 threads /s | scaling |")
+    print("|---|---|---:|---:|---:|")
+    for row in rows:
+        cells = [row["read"], row["backend"], row["per_s_1_thread"], row["per_s_2_threads"], row["scaling_2_over_1"]]
+        print("| " + " | ".join(map(str, cells)) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Shared fixtures: the known image and its pyramid written once per session into every format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from slide_factories import known_pyramid as make_known_pyramid
+from slide_factories import write_all
+
+
+@pytest.fixture(scope="session")
+def known_pyramid() -> list[np.ndarray]:
+    """The known image at downsamples 1, 4, 16 (`slide_factories.DOWNSAMPLES`)."""
+    return make_known_pyramid()
+
+
+@pytest.fixture(scope="session")
+def known_image(known_pyramid) -> np.ndarray:
+    """Level 0 of the known pyramid, ``1024 x 1536 x 3`` uint8."""
+    return known_pyramid[0]
+
+
+@pytest.fixture(scope="session")
+def slide_paths(tmp_path_factory, known_pyramid) -> dict[str, Path]:
+    """Format name -> path of the known pyramid in that format (see `slide_factories.write_all`)."""
+    return write_all(tmp_path_factory.mktemp("slides"), known_pyramid)

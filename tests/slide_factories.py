@@ -1,0 +1,146 @@
+"""One known image written into every slide format by independent writers.
+
+Tests compare what the readers return with these arrays, so the writers here
+never go through `wsi_ats`: tifffile for TIFFs, ome-zarr's own writer for
+OME-Zarr, zarr for plain groups. Other test modules (fetch, tissue, pipeline)
+reuse them through the fixtures in ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import zarr
+
+#: Level-0 size of the known image, its level downsamples, tile edge and resolution.
+SHAPE = (1024, 1536)
+DOWNSAMPLES = (1, 4, 16)
+TILE = 256
+MPP = 0.25
+APERIO_DESCRIPTION = "Aperio Image Library v12.0.0 \n256x256 [0,0 256x256] JPEG/RGB Q=90|AppMag = 40|MPP = 0.25"
+
+
+def known_image(shape: tuple[int, int] = SHAPE) -> np.ndarray:
+    """Smooth, asymmetric RGB content: red waves, green grows with x, blue with y, one magenta block.
+
+    Smooth so that JPEG stays close to it; asymmetric so that swapped axes or a
+    wrong tile show up.
+    """
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    image = np.stack(
+        [128 + 90 * np.sin(xx / 37) * np.cos(yy / 53), 30 + 200 * xx / shape[1], 30 + 200 * yy / shape[0]], axis=-1
+    )
+    image[300:420, 500:700] = (200, 40, 90)
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
+def downscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of each ``factor x factor`` block, rounded half up (the documented array-slide rule)."""
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    blocks = image[: h * factor, : w * factor].reshape(h, factor, w, factor, -1).astype(np.float64)
+    return np.floor(blocks.mean(axis=(1, 3)) + 0.5).astype(np.uint8)
+
+
+def known_pyramid(image: np.ndarray | None = None) -> list[np.ndarray]:
+    image = known_image() if image is None else image
+    return [image if d == 1 else downscale(image, d) for d in DOWNSAMPLES]
+
+
+def write_jpeg_tiff(
+    path: Path, pyramid: list[np.ndarray], *, ycbcr: bool = False, description: str | None = APERIO_DESCRIPTION
+) -> Path:
+    """OpenSlide-readable tiled TIFF: 256 JPEG tiles, Q90, reduced-resolution (subfiletype 1) pages.
+
+    Aperio-like with the default ``description``, OpenSlide's generic-tiff without
+    one. Photometric RGB JPEG (no colour transform, no chroma subsampling) as the
+    Aperio description says, or YCbCr 2x2-subsampled JPEG (tifffile's default) when ``ycbcr``.
+    """
+    if ycbcr:
+        jpeg = {"compressionargs": {"level": 90}}
+    else:
+        jpeg = {"compressionargs": {"level": 90, "outcolorspace": "RGB"}, "subsampling": (1, 1)}
+    with tifffile.TiffWriter(path) as tw:
+        for i, level in enumerate(pyramid):
+            tw.write(
+                level,
+                tile=(TILE, TILE),
+                compression="jpeg",
+                photometric="rgb",
+                subfiletype=1 if i else 0,
+                description=description if i == 0 else None,
+                metadata=None,
+                **jpeg,
+            )
+    return path
+
+
+def write_ome_tiff(path: Path, pyramid: list[np.ndarray]) -> Path:
+    """OME-TIFF with the reduced levels in SubIFDs (zlib, lossless): OpenSlide sees one level."""
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        tw.write(
+            pyramid[0],
+            tile=(TILE, TILE),
+            compression="zlib",
+            photometric="rgb",
+            subifds=len(pyramid) - 1,
+            metadata={"axes": "YXS", "PhysicalSizeX": MPP, "PhysicalSizeY": MPP},
+        )
+        for level in pyramid[1:]:
+            tw.write(level, tile=(TILE, TILE), compression="zlib", photometric="rgb", subfiletype=1)
+    return path
+
+
+def write_stripped_tiff(path: Path, image: np.ndarray, rows_per_strip: int = 64) -> Path:
+    """A single-level TIFF in strips (no tiles): OpenSlide refuses it."""
+    tifffile.imwrite(path, image, photometric="rgb", compression="zlib", rowsperstrip=rows_per_strip, metadata=None)
+    return path
+
+
+def write_ome_zarr(path: Path, pyramid: list[np.ndarray], version: str) -> Path:
+    """OME-Zarr ``version`` 0.4 or 0.5 through ome-zarr's writer: axes c, y, x in micrometres, 256 chunks."""
+    from ome_zarr.format import FormatV04, FormatV05
+
+    with warnings.catch_warnings():  # ome-zarr 0.18 warns about its own deprecated Scaler on import
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ome_zarr.writer import write_multiscale
+
+    fmt = {"0.4": FormatV04(), "0.5": FormatV05()}[version]
+    group = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
+    axes = [
+        {"name": "c", "type": "channel"},
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"},
+    ]
+    write_multiscale(
+        [np.moveaxis(level, -1, 0) for level in pyramid],
+        group,
+        fmt=fmt,
+        axes=axes,
+        scale={"c": 1.0, "y": MPP, "x": MPP},
+        storage_options={"chunks": (3, TILE, TILE)},
+        name="known",
+    )
+    return path
+
+
+def write_plain_zarr(path: Path, pyramid: list[np.ndarray]) -> Path:
+    """A zarr group whose arrays ``"0"``, ``"1"``, ... are the ``H x W x 3`` levels."""
+    group = zarr.open_group(str(path), mode="w")
+    for i, level in enumerate(pyramid):
+        group.create_array(str(i), data=level, chunks=(TILE, TILE, 3))
+    return path
+
+
+def write_all(directory: Path, pyramid: list[np.ndarray]) -> dict[str, Path]:
+    """Every file format of the known pyramid under ``directory``: format name -> path."""
+    return {
+        "svs": write_jpeg_tiff(directory / "known.svs", pyramid),
+        "ome-tiff": write_ome_tiff(directory / "known.ome.tif", pyramid),
+        "stripped-tiff": write_stripped_tiff(directory / "known-strips.tif", pyramid[0]),
+        "ome-zarr-0.4": write_ome_zarr(directory / "known-04.ome.zarr", pyramid, "0.4"),
+        "ome-zarr-0.5": write_ome_zarr(directory / "known-05.ome.zarr", pyramid, "0.5"),
+        "zarr": write_plain_zarr(directory / "known.zarr", pyramid),
+    }

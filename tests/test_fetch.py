@@ -1,0 +1,285 @@
+"""`wsi_ats.fetch`: patches equal `read_region`, each covering tile decoded once, threads or a cluster;
+`wsi_ats.prefetch`: ordered background fetching and device staging."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from wsi_ats.fetch import FetchStats, fetch_patches, fetch_patches_with_stats, plan_fetch
+from wsi_ats.prefetch import Prefetcher, to_tensor
+from wsi_ats.readers import open_slide
+from wsi_ats.readers.base import Slide
+
+PATCH = 96
+#: (format key of `slide_paths` or "numpy", forced backend): an OpenSlide-readable TIFF through both
+#: of its readers, an OME-Zarr store and an in-memory array.
+SLIDES = {
+    "svs": ("svs", None),
+    "svs-openslide": ("svs", "openslide"),
+    "ome-zarr": ("ome-zarr-0.5", None),
+    "numpy": ("numpy", None),
+}
+
+
+def _open(key: str, slide_paths, known_image) -> Slide:
+    fmt, backend = SLIDES[key]
+    return open_slide(known_image if fmt == "numpy" else slide_paths[fmt], backend=backend)
+
+
+@pytest.fixture(params=list(SLIDES))
+def slide(request, slide_paths, known_image) -> Slide:
+    with _open(request.param, slide_paths, known_image) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, worker_dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+def mixed_corners(shape: tuple[int, int], size: int, seed: int) -> np.ndarray:
+    """Random, edge, corner, negative, wholly outside and overlapping top-left corners in a level of ``shape``."""
+    H, W = shape
+    rng = np.random.default_rng(seed)
+    random = np.stack([rng.integers(-size, H, 12), rng.integers(-size, W, 12)], axis=1)
+    fixed = [
+        (0, 0), (H - size, W - size), (-size // 2, -size // 3), (H - size // 2, W - size // 3),  # corners
+        (0, W // 2), (H - 1, 5), (H // 2, -1), (7, W - 1),  # edges
+        (-size - 3, 10), (H + 5, W + 5),  # wholly outside
+        (100, 200), (110, 215), (100, 200), (180, 250),  # overlapping, one repeated
+    ]  # fmt: skip
+    return np.concatenate([random, np.asarray(fixed)]).astype(np.int64)
+
+
+def chained_grid() -> np.ndarray:
+    """Corners of 150-px patches every 140 px over the known image: one component of overlapping patches."""
+    return np.stack(np.meshgrid(np.arange(-20, 1000, 140), np.arange(-20, 1500, 140), indexing="ij"), -1).reshape(-1, 2)
+
+
+def covering_set(slide: Slide, level: int, tops: np.ndarray, size: int) -> set[tuple[int, int]]:
+    """Brute force: every tile of the level whose box meets some patch box."""
+    (th, tw), (rows, cols) = slide.tile_shape(level), slide.tile_grid(level)
+    ty, tx = np.mgrid[0:rows, 0:cols]
+    hit = np.zeros((rows, cols), bool)
+    for y, x in tops:
+        hit |= (ty * th < y + size) & ((ty + 1) * th > y) & (tx * tw < x + size) & ((tx + 1) * tw > x)
+    return {(int(a), int(b)) for a, b in zip(*np.nonzero(hit))}
+
+
+class CountingSlide(Slide):
+    """A real slide that counts the tiles read through it, tile by tile."""
+
+    def __init__(self, inner: Slide) -> None:
+        super().__init__(inner.source, inner.levels, inner.mpp, inner.properties)
+        self.inner = inner
+        self.reads: Counter[tuple[int, int, int]] = Counter()
+        self._lock = threading.Lock()
+
+    def read_tile(self, level: int, ty: int, tx: int) -> np.ndarray:
+        with self._lock:
+            self.reads[level, ty, tx] += 1
+        return self.inner.read_tile(level, ty, tx)
+
+    def _read(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        return self.inner._read(level, y, x, h, w)
+
+
+def expected(slide: Slide, level: int, tops: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    ph, pw = (size, size) if isinstance(size, int) else size
+    return np.stack([slide.read_region(level, tuple(t), (ph, pw)) for t in tops]).reshape(-1, ph, pw, 3)
+
+
+# -- fetch_patches ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("level", [0, 1])
+def test_patches_equal_read_region(slide, level):
+    tops = mixed_corners(slide.levels[level].shape, PATCH, seed=level)
+    patches = fetch_patches(slide, level, tops, PATCH)
+    assert patches.shape == (len(tops), PATCH, PATCH, 3) and patches.dtype == np.uint8
+    np.testing.assert_array_equal(patches, expected(slide, level, tops, PATCH))
+
+
+def test_rectangular_patches_equal_read_region(slide):
+    tops = mixed_corners(slide.levels[0].shape, 64, seed=3)
+    np.testing.assert_array_equal(fetch_patches(slide, 0, tops, (40, 130)), expected(slide, 0, tops, (40, 130)))
+
+
+def test_each_covering_tile_is_decoded_exactly_once(slide_paths):
+    counting = CountingSlide(open_slide(slide_paths["svs"]))
+    tops = mixed_corners(counting.levels[0].shape, 300, seed=4)
+    _, stats = fetch_patches_with_stats(counting, 0, tops, 300, num_workers=2, tasks_per_worker=4)
+    wanted = covering_set(counting, 0, tops, 300)
+    assert set(counting.reads) == {(0, ty, tx) for ty, tx in wanted}
+    assert max(counting.reads.values()) == 1
+    assert stats.tiles == len(wanted)
+
+
+def test_stats_count_patches_and_uncompressed_tile_bytes(slide_paths, known_image):
+    slide = open_slide(slide_paths["svs"])
+    tops = np.array([[10, 10], [300, 600], [-50, 1500]])
+    _, stats = fetch_patches_with_stats(slide, 0, tops, PATCH)
+    tiles = covering_set(slide, 0, tops, PATCH)
+    assert isinstance(stats, FetchStats)
+    assert stats.patches == 3 and stats.tiles == len(tiles)
+    assert stats.bytes_decoded == sum(slide.read_tile(0, ty, tx).nbytes for ty, tx in tiles)
+    assert stats.seconds > 0
+
+
+def test_patches_sharing_tiles_across_groups_are_assembled_from_exported_tiles(slide_paths):
+    slide = open_slide(slide_paths["svs"])  # 4 x 6 tiles: enough for several groups
+    tops = chained_grid()
+    plan = plan_fetch(slide, 0, tops, 150, n_groups=4)
+    assert len(plan.groups) > 1 and len(plan.straddlers) > 0  # one connected component cut into groups
+    owned = [t for g in plan.groups for t in g.tiles]
+    assert len(owned) == len(set(owned)) == len(covering_set(slide, 0, tops, 150))
+    patches = fetch_patches(slide, 0, tops, 150, num_workers=2, tasks_per_worker=2)
+    np.testing.assert_array_equal(patches, expected(slide, 0, tops, 150))
+
+
+def test_no_patches_give_an_empty_batch(slide):
+    assert fetch_patches(slide, 0, np.zeros((0, 2), np.int64), PATCH).shape == (0, PATCH, PATCH, 3)
+    assert fetch_patches(slide, 0, [], (8, 12)).shape == (0, 8, 12, 3)
+
+
+def test_patches_wholly_outside_are_zero_and_decode_nothing(slide):
+    tops = np.array([[-PATCH, 0], [0, -PATCH], [5000, 5000]])
+    patches, stats = fetch_patches_with_stats(slide, 0, tops, PATCH)
+    assert not patches.any() and stats.tiles == 0
+
+
+@pytest.mark.parametrize(
+    "top_left, size, match",
+    [
+        (np.array([[1.5, 2.0]]), 8, "integers"),
+        (np.array([1, 2, 3]), 8, r"\(n, 2\)"),
+        (np.array([[1, 2]]), 0, "patch_size"),
+        (np.array([[1, 2]]), (8, 8, 8), "patch_size"),
+    ],
+)
+def test_bad_arguments_name_the_slide_and_the_reason(slide_paths, top_left, size, match):
+    slide = open_slide(slide_paths["svs"])
+    with pytest.raises(ValueError, match=match) as err:
+        fetch_patches(slide, 0, top_left, size)
+    assert "known.svs" in str(err.value)
+
+
+def test_missing_level_is_an_index_error(slide_paths):
+    with pytest.raises(IndexError, match="level 7"):
+        fetch_patches(open_slide(slide_paths["svs"]), 7, [[0, 0]], 8)
+
+
+@pytest.mark.parametrize("key", ["svs", "ome-zarr", "numpy"])
+def test_distributed_client_gives_the_threaded_result_decoding_each_tile_once(client, key, slide_paths, known_image):
+    slide = _open(key, slide_paths, known_image)
+    tops = np.concatenate([mixed_corners(slide.levels[0].shape, 150, seed=5), chained_grid()])
+    patches, stats = fetch_patches_with_stats(slide, 0, tops, 150, client=client, tasks_per_worker=2)
+    np.testing.assert_array_equal(patches, fetch_patches(slide, 0, tops, 150))
+    assert stats.tiles == len(covering_set(slide, 0, tops, 150))
+    if key == "svs":  # small tiles: the chained patches straddle groups, assembled on a worker too
+        assert len(plan_fetch(slide, 0, tops, 150, n_groups=4).straddlers) > 0
+
+
+# -- prefetch --------------------------------------------------------------------------------------
+def test_prefetcher_yields_every_job_with_its_result_in_order():
+    assert list(Prefetcher(range(6), lambda j: j * j, depth=2)) == [(j, j * j) for j in range(6)]
+
+
+def test_prefetcher_fetches_the_next_job_while_the_caller_works():
+    started = {j: threading.Event() for j in range(3)}
+
+    def fetch(job):
+        started[job].set()
+        return job
+
+    with Prefetcher(range(3), fetch) as jobs:
+        for job, _ in jobs:
+            if job < 2:  # still holding `job`: the next one must already be under way
+                assert started[job + 1].wait(timeout=10)
+
+
+def test_prefetcher_draws_jobs_only_depth_ahead_and_stops_when_closed():
+    drawn = []
+
+    def endless():
+        for j in itertools.count():
+            drawn.append(j)
+            yield j
+
+    with Prefetcher(endless(), lambda j: j, depth=2) as jobs:
+        for job, _ in jobs:
+            assert len(drawn) <= job + 1 + 2
+            if job == 3:
+                break
+    assert next(jobs, None) is None and len(drawn) == 6
+
+
+def test_prefetcher_raises_a_failed_fetch_in_its_place():
+    def fetch(job):
+        if job == 2:
+            raise RuntimeError("tile 2 is corrupt")
+        return job
+
+    seen = []
+    with pytest.raises(RuntimeError, match="tile 2 is corrupt"):
+        for job, _ in Prefetcher(range(5), fetch):
+            seen.append(job)
+    assert seen == [0, 1]
+
+
+def test_prefetcher_raises_a_failing_job_source_after_the_jobs_before_it():
+    def jobs():
+        yield from (0, 1)
+        raise OSError("manifest unreadable")
+
+    seen = []
+    with pytest.raises(OSError, match="manifest unreadable"):
+        for job, _ in Prefetcher(jobs(), lambda j: j, depth=3):
+            seen.append(job)
+    assert seen == [0, 1]
+
+
+def test_prefetcher_fetches_patches_for_each_job(slide_paths):
+    slide = open_slide(slide_paths["svs"])
+    batches = [np.array([[0, 0], [500, 700]]), np.array([[-10, 1400]])]
+    out = list(Prefetcher(batches, lambda tops: fetch_patches(slide, 0, tops, 64)))
+    for (tops, patches), want in zip(out, batches):
+        np.testing.assert_array_equal(patches, expected(slide, 0, want, 64))
+
+
+# -- to_tensor -------------------------------------------------------------------------------------
+def test_to_tensor_is_float_channels_first_in_unit_range():
+    patches = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    x = to_tensor(patches, "cpu")
+    assert x.shape == (4, 3, 8, 8) and x.dtype == torch.float32 and x.is_contiguous()
+    torch.testing.assert_close(x, torch.from_numpy(patches).permute(0, 3, 1, 2).float() / 255)
+
+
+def test_to_tensor_normalises_each_channel():
+    patches = np.zeros((2, 4, 4, 3), np.uint8)
+    patches[..., 0], patches[..., 1], patches[..., 2] = 255, 51, 0
+    x = to_tensor(patches, "cpu", mean=(0.5, 0.2, 0.1), std=(0.5, 0.1, 0.2))
+    for c, want in enumerate([1.0, 0.0, -0.5]):
+        torch.testing.assert_close(x[:, c], torch.full((2, 4, 4), want))
+
+
+def test_to_tensor_rejects_float_images():
+    with pytest.raises(ValueError, match="uint8"):
+        to_tensor(np.zeros((1, 4, 4, 3), np.float32), "cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_to_tensor_lands_on_cuda_equal_to_cpu():
+    patches = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    x = to_tensor(patches, "cuda", mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4))
+    assert x.device.type == "cuda"
+    torch.testing.assert_close(x.cpu(), to_tensor(patches, "cpu", mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4)))

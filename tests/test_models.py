@@ -1,0 +1,181 @@
+"""The ATS model on slides: registry, geometry, tiled attention, sampling, gradients, predictions."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from toy_cohort import toy_image
+
+from wsi_ats import SlideResult, open_slide
+from wsi_ats.models import ATSModel, ConfigError, LevelSpec, ModelConfig, NetSpec, TissueSpec, available, build, load_config
+from wsi_ats.models import ats_model
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = ("negative", "positive")
+
+
+def tiny_config(padding: str = "valid", **changes) -> ModelConfig:
+    config = ModelConfig(
+        attention=NetSpec("small_cnn", (("channels", 4), ("padding", padding))),
+        features=NetSpec("small_cnn", (("channels", 8), ("layers", 1))),
+        classifier=NetSpec("linear"),
+        low=LevelSpec(downsample=4),
+        high=LevelSpec(downsample=1),
+        patch_size=16,
+        n_patches=6,
+        tile=16,
+        tissue=TissueSpec(downsample=16),
+    )
+    return dataclasses.replace(config, **changes)
+
+
+def tiny_model(padding: str = "valid", seed: int = 0, **changes) -> ATSModel:
+    torch.manual_seed(seed)
+    return ATSModel.from_config(tiny_config(padding, **changes), CLASSES)
+
+
+@pytest.fixture(scope="module")
+def slide():
+    image, _ = toy_image(seed=7, positive=True, size=512)
+    return open_slide(image)
+
+
+# -- registry and config ------------------------------------------------------------------------
+
+
+def test_registry_builds_every_builtin_by_name():
+    assert {"small_cnn"} <= set(available("attention"))
+    assert {"small_cnn", "resnet18"} <= set(available("features"))
+    assert "linear" in available("classifier")
+    x = torch.rand(2, 3, 64, 64)
+    small = build("features", "small_cnn")
+    assert small(x).shape == (2, small.out_features)
+    assert torch.allclose(small(x).norm(dim=1), torch.ones(2))
+    resnet = build("features", "resnet18", width=8)
+    assert resnet(x).shape == (2, 64) == (2, resnet.out_features)
+
+
+def test_registry_errors_say_what_exists():
+    with pytest.raises(ValueError, match="available: .*small_cnn"):
+        build("features", "no_such_net")
+    with pytest.raises(ValueError, match="takes no parameter.*bogus"):
+        build("attention", "small_cnn", bogus=1)
+
+
+@pytest.mark.parametrize("padding, lost", [("valid", 6), ("same", 0)])
+def test_attention_net_geometry_matches_its_output(padding, lost):
+    net = build("attention", "small_cnn", padding=padding)
+    assert net.receptive_field == lost
+    assert net(torch.rand(1, 3, 40, 50)).shape == (1, 40 - lost, 50 - lost)
+
+
+def test_recipe_in_pipelines_builds_a_model():
+    config = load_config(ROOT / "pipelines" / "synthetic_wsi.toml")
+    model = ATSModel.from_config(config.model, CLASSES)
+    assert model.config == config.model
+    assert ModelConfig.from_dict(config.model.to_dict()) == config.model
+
+
+def test_unknown_recipe_key_is_an_error_naming_file_and_key(tmp_path):
+    text = (ROOT / "pipelines" / "synthetic_wsi.toml").read_text().replace("n_patches", "n_patchez")
+    path = tmp_path / "typo.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"typo\.toml.*n_patchez"):
+        load_config(path)
+
+
+# -- attention over tissue ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_tiled_logits_equal_whole_level_logits(slide, padding):
+    model = tiny_model(padding).eval()
+    plan = model.plan(slide)
+    assert len(plan.cells.tiles) > 4  # several tiles, so halos and borders are exercised
+    with torch.no_grad():
+        whole = model.logits_whole(model.low_image(slide, plan), plan)
+    tiled = model.logits_tiled(slide, plan)
+    torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_background_never_gets_attention(slide):
+    result = tiny_model().predict_slide(slide, seed=0)
+    plan = tiny_model().plan(slide)
+    assert result.attention.shape == plan.grid.shape
+    assert result.attention.sum() == pytest.approx(1.0, abs=1e-5)
+    on = np.zeros(plan.grid.shape, bool)
+    on[plan.cells.coords[:, 0], plan.cells.coords[:, 1]] = True
+    assert 0.1 < on.mean() < 0.9
+    assert (result.attention[~on] == 0).all() and (result.attention[on] > 0).all()
+
+
+def test_gradients_reach_attention_and_feature_nets(slide):
+    model = tiny_model().train()
+    plan = model.plan(slide)
+    logits, attention = model(slide, plan, model.low_image(slide, plan), generator=torch.Generator().manual_seed(0))
+    (torch.nn.functional.cross_entropy(logits, torch.tensor([1])) + model.regularizer(attention)).backward()
+    for net in (model.attention_net, model.feature_net, model.classifier):
+        grads = [p.grad for p in net.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert any(g.abs().sum() > 0 for g in grads)
+
+
+# -- predictions -------------------------------------------------------------------------------
+
+
+def test_predict_slide_fills_every_field_in_level0_coordinates(slide):
+    model = tiny_model()
+    result = model.predict_slide(slide, slide_id="toy", seed=3, draws=2)
+    assert isinstance(result, SlideResult)
+    assert result.slide_id == "toy" and result.class_names == CLASSES
+    assert result.probabilities.shape == (2,) and result.probabilities.sum() == pytest.approx(1.0)
+    assert result.prediction in CLASSES and 0.5 <= result.probability <= 1
+    assert result.attention_level == 1 and result.attention_downsample == 4.0
+    assert result.attention_origin == (12.0, 12.0)  # valid padding: radius 3 cells of 4 px
+    assert result.patch_level == 0 and result.patch_downsample == 1.0 and result.patch_size_level0 == 16
+    assert result.patch_top_left.shape == (12, 2) and result.patch_attention.shape == (12,)
+    assert result.patches_fetched == 12 and result.seconds > 0
+    assert (result.patch_attention > 0).all()
+    assert ((result.patch_top_left >= -16) & (result.patch_top_left < 512)).all()
+
+
+def test_same_seed_same_result_other_seed_other_patches(slide):
+    model = tiny_model()
+    a, b = (model.predict_slide(slide, seed=5, draws=3) for _ in range(2))
+    c = model.predict_slide(slide, seed=6, draws=3)
+    np.testing.assert_array_equal(a.probabilities, b.probabilities)
+    np.testing.assert_array_equal(a.patch_top_left, b.patch_top_left)
+    assert not np.array_equal(a.patch_top_left, c.patch_top_left)
+
+
+def test_topk_takes_the_cells_of_highest_attention_and_centres_patches_on_them(slide):
+    model = tiny_model()
+    result = model.predict_slide(slide, topk=True, draws=4)
+    assert len(result.patch_attention) == model.n_patches  # top-k ignores draws
+    best = np.sort(result.attention.ravel())[::-1][: model.n_patches]
+    np.testing.assert_allclose(result.patch_attention, best, rtol=1e-6)
+    # Each patch is centred on its cell: cell centre (level 0) = origin + (cell + 0.5) * downsample.
+    for (y, x), a in zip(result.patch_top_left, result.patch_attention):
+        cy, cx = (y + 8 - result.attention_origin[0]) / 4 - 0.5, (x + 8 - result.attention_origin[1]) / 4 - 0.5
+        assert result.attention[int(round(cy)), int(round(cx))] == pytest.approx(a, rel=1e-6)
+
+
+def test_huge_grids_return_a_block_summed_attention_map(slide, monkeypatch):
+    monkeypatch.setattr(ats_model, "MAX_MAP_CELLS", 1000)
+    result = tiny_model().predict_slide(slide)
+    full = tiny_model().plan(slide).grid.shape
+    assert result.attention.size <= 1000
+    factor = result.attention_downsample / 4
+    assert factor > 1 and result.attention.shape == tuple(int(np.ceil(s / factor)) for s in full)
+    assert result.attention.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_level_smaller_than_the_receptive_field_is_a_clear_error():
+    tiny = open_slide(np.full((6, 6, 3), 200, np.uint8))  # one level, 6 px: the 7 px field does not fit
+    model = tiny_model(tissue=TissueSpec(enabled=False))
+    with pytest.raises(ValueError, match="smaller than the attention net's receptive field"):
+        model.plan(tiny)

@@ -1,0 +1,119 @@
+"""OME-Zarr and plain zarr groups: layouts, units, sample types and refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from slide_factories import MPP
+
+from wsi_ats.readers import SlideError, open_slide
+
+
+def write_ome_by_hand(path, levels, axes, scales, *, paths=None, chunks=None, overall_scale=None, omero=None):
+    """An OME-Zarr 0.4 group written with zarr alone, for layouts ome-zarr's writer refuses to write."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    datasets = []
+    for level, scale, name in zip(levels, scales, paths or [f"level{i}" for i in range(len(levels))]):
+        group.create_array(name, data=level, chunks=chunks or level.shape)
+        datasets.append({"path": name, "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+    multiscale = {"version": "0.4", "axes": axes, "datasets": datasets}
+    if overall_scale:
+        multiscale["coordinateTransformations"] = [{"type": "scale", "scale": overall_scale}]
+    group.attrs.update({"multiscales": [multiscale], **({"omero": omero} if omero else {})})
+    return path
+
+
+def space(name, unit="micrometer"):
+    return {"name": name, "type": "space", "unit": unit}
+
+
+CHANNEL = {"name": "c", "type": "channel"}
+YXC = [space("y"), space("x"), CHANNEL]
+
+
+def test_a_file_url_opens_like_the_directory(slide_paths, known_pyramid):
+    url = slide_paths["ome-zarr-0.4"].as_uri()
+    slide = open_slide(url)
+    assert url.startswith("file://") and slide.source == url and slide.backend == "zarr"
+    np.testing.assert_array_equal(slide.read_region(1, (0, 0), slide.levels[1].shape), known_pyramid[1])
+
+
+def test_any_axes_order_with_singleton_z_and_nanometre_units(tmp_path, known_pyramid):
+    levels = [p[None] for p in known_pyramid[:2]]  # z, y, x, c
+    axes = [space("z"), space("y", "nanometer"), space("x", "nanometer"), CHANNEL]
+    scales = [[1, 125, 125, 1], [1, 500, 500, 1]]
+    path = write_ome_by_hand(tmp_path / "zyxc.zarr", levels, axes, scales, overall_scale=[1, 2, 2, 1])
+    slide = open_slide(path)
+    assert slide.mpp == pytest.approx(MPP)  # 125 nm x 2
+    assert [lv.downsample for lv in slide.levels] == [1.0, 4.0]
+    np.testing.assert_array_equal(slide.read_region(1, (-3, 5), (40, 50))[3:], known_pyramid[1][:37, 5:55])
+
+
+def test_levels_follow_the_datasets_order_and_paths(tmp_path, known_pyramid):
+    scales = [[MPP, MPP, 1], [1, 1, 1], [4, 4, 1]]
+    path = write_ome_by_hand(tmp_path / "paths.zarr", known_pyramid, YXC, scales, paths=["z", "m", "a"])
+    slide = open_slide(path)
+    assert [lv.shape for lv in slide.levels] == [p.shape[:2] for p in known_pyramid]
+    np.testing.assert_array_equal(slide.read_region(2, (0, 0), slide.levels[2].shape), known_pyramid[2])
+
+
+def test_read_tile_reads_one_chunk(tmp_path, known_image):
+    cyx = np.moveaxis(known_image, -1, 0)
+    axes = [CHANNEL, space("y"), space("x")]
+    path = write_ome_by_hand(tmp_path / "chunks.zarr", [cyx], axes, [[1, 1, 1]], chunks=(1, 128, 200))
+    slide = open_slide(path)
+    assert slide.tile_shape(0) == (128, 200) and slide.tile_grid(0) == (8, 8)
+    np.testing.assert_array_equal(slide.read_tile(0, 2, 7), known_image[256:384, 1400:1536])
+
+
+def test_uint16_samples_keep_their_high_byte(tmp_path, known_image):
+    path = write_ome_by_hand(tmp_path / "u16.zarr", [known_image.astype(np.uint16) * 257], YXC, [[1, 1, 1]])
+    np.testing.assert_array_equal(open_slide(path).read_region(0, (0, 0), known_image.shape[:2]), known_image)
+
+
+def test_uint16_samples_follow_the_omero_window(tmp_path, known_image):
+    samples = known_image.astype(np.uint16) * 3
+    omero = {"channels": [{"window": {"start": 100, "end": 600, "min": 0, "max": 65535}}] * 3}
+    path = write_ome_by_hand(tmp_path / "win.zarr", [samples], YXC, [[1, 1, 1]], omero=omero)
+    expected = np.clip(np.rint((samples.astype(np.float64) - 100) * 255 / 500), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(open_slide(path).read_region(0, (0, 0), known_image.shape[:2]), expected)
+
+
+def test_grey_and_rgba_images_become_rgb(tmp_path, known_image):
+    grey = known_image[..., 1]
+    rgba = np.dstack([known_image, np.zeros(known_image.shape[:2], np.uint8)])
+    for name, data, axes in [("grey", grey, YXC[:2]), ("rgba", rgba, YXC)]:
+        slide = open_slide(write_ome_by_hand(tmp_path / f"{name}.zarr", [data], axes, [[1] * data.ndim]))
+        expected = np.repeat(grey[..., None], 3, -1) if name == "grey" else known_image
+        np.testing.assert_array_equal(slide.read_region(0, (0, 0), grey.shape), expected, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "data, axes, reason",
+    [
+        (np.zeros((64, 64, 3), np.float32), YXC, "float32"),
+        (np.zeros((2, 64, 64, 3), np.uint8), [space("z"), *YXC], "'z' has 2 planes"),
+        (np.zeros((64, 64, 5), np.uint8), YXC, "5 channels"),
+        (np.zeros((64, 64, 3), np.uint8), [space("a"), space("b"), CHANNEL], "need y and x"),
+    ],
+    ids=["float", "z-stack", "five-channels", "no-y-x"],
+)
+def test_unsupported_layouts_are_refused_with_the_reason(tmp_path, data, axes, reason):
+    path = write_ome_by_hand(tmp_path / "bad.zarr", [data], axes, [[1] * data.ndim])
+    with pytest.raises(SlideError, match=reason) as error:
+        open_slide(path)
+    assert str(path) in str(error.value)
+
+
+def test_a_zarr_group_without_multiscales_or_levels_is_refused(tmp_path):
+    group = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    group.create_array("image", data=np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(SlideError, match="plain.zarr.*multiscales"):
+        open_slide(tmp_path / "plain.zarr")
+
+
+def test_a_directory_that_is_not_zarr_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(SlideError, match="not a zarr group"):
+        open_slide(tmp_path)

@@ -1,0 +1,235 @@
+"""What every script in ``benchmarks/`` shares: where results go, the machine, clean memory figures, output files.
+
+Why one module: each benchmark must state the machine and versions it ran on, measure peak
+memory in a fresh process (a process that has already imported or allocated something else
+says nothing about the work), reuse the same cached synthetic slides, and write its JSON,
+plot and table the same way -- so `wsi-ats bench` can collect them into one README.
+
+Layout (a source checkout): results in ``benchmarks/results/<name>.json`` (+ ``.png``),
+synthetic slides and other regenerable inputs in ``benchmarks/results/tmp/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+#: The checkout root: benchmarks live in ``ROOT/benchmarks`` (absent from an installed wheel).
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / "benchmarks"
+RESULTS = BENCH_DIR / "results"
+#: Regenerable inputs (synthetic slides, cohorts) and quick-run outputs; git-ignored.
+CACHE = RESULTS / "tmp"
+
+_VERSIONS = ("numpy", "torch", "dask", "distributed", "zarr", "tifffile", "imagecodecs", "openslide-python", "scikit-learn")
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, cores, memory, GPU, library versions and load average: what a figure depends on.
+
+    Call it before measuring: the load average then says how busy the machine was with
+    other work (on a shared machine, wall times stretch by about ``load / cores``).
+    """
+    import psutil
+
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu": _gpus(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in _VERSIONS},
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
+    try:
+        import openslide
+
+        info["versions"]["libopenslide"] = openslide.__library_version__
+    except ImportError:
+        pass
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _gpus() -> list[str]:
+    """Names of the CUDA devices torch sees (empty without torch or CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# -- memory ----------------------------------------------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (MiB), from ``VmHWM``.
+
+    Not ``getrusage``: on Linux its ``ru_maxrss`` carries over the high-water mark of the
+    process image replaced by ``exec``, so a child started from a large parent reports the
+    parent's size. ``VmHWM`` belongs to the current image only.
+    """
+    return _status_mib("VmHWM")
+
+
+def rss_mib() -> float:
+    """This process's current resident memory (MiB): the baseline to subtract from `peak_rss_mib`."""
+    return _status_mib("VmRSS")
+
+
+def _status_mib(key: str) -> float:
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+    except (OSError, StopIteration):  # not Linux: the best figure there is, the lifetime peak
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return round(peak / 2**20 if sys.platform == "darwin" else peak / 2**10, 1)
+    return round(kib / 1024, 1)
+
+
+def warm_up_slide(size: int = 1024, seed: int = 0):
+    """A small in-memory slide of saturated noise: one prediction on it before timing takes the
+    first-call costs (kernel selection, thread pools, lazy imports) out of the first slide's time."""
+    import numpy as np
+
+    from wsi_ats.readers import open_slide
+
+    return open_slide(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def run_child(script: str | Path, args: Sequence[str]) -> dict[str, Any]:
+    """Run ``python script *args`` in a fresh process and return the JSON object on its last stdout line.
+
+    The child imports this checkout's ``wsi_ats`` (``PYTHONPATH``), so its memory and
+    time are its own work's; a failure raises with the child's stderr.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, str(script), *map(str, args)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark child {' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    lines = done.stdout.strip().splitlines()
+    if not lines:
+        raise RuntimeError(f"benchmark child {' '.join(cmd)} printed nothing")
+    return json.loads(lines[-1])
+
+
+# -- cached inputs ---------------------------------------------------------------------------------
+
+
+def cached_slide(size: int, *, seed: int = 0, positive: bool = True, fmt: str = "tiff", cache: Path = CACHE) -> Path:
+    """The synthetic slide (`wsi_ats.synth.make_slide`) of ``size`` px per side, written once into ``cache``.
+
+    Named by everything that sets its pixels, so every benchmark that asks for the same
+    slide shares one file; the writer renames into place, so an interrupted run leaves none.
+    """
+    from wsi_ats.synth import make_slide
+
+    suffix = {"tiff": ".tiff", "zarr": ".ome.zarr"}[fmt]
+    path = cache / f"synth-{size}-seed{seed}{'' if positive else '-negative'}{suffix}"
+    if not path.exists():
+        print(f"writing {path} (once) ...", file=sys.stderr)
+        cache.mkdir(parents=True, exist_ok=True)
+        make_slide(path, size, positive=positive, seed=seed, fmt=fmt, workers=os.cpu_count() or 1)
+    return path
+
+
+def cached_cohort(n: int, size: int, *, seed: int = 0, cache: Path = CACHE) -> Path:
+    """``manifest.csv`` of a synthetic TIFF cohort (`wsi_ats.synth.make_cohort`), written once into ``cache``."""
+    from wsi_ats.synth import make_cohort
+
+    folder = cache / f"cohort-n{n}-{size}-seed{seed}"
+    manifest = folder / "manifest.csv"
+    if not manifest.exists():  # make_cohort writes the manifest last
+        print(f"writing {folder} (once) ...", file=sys.stderr)
+        make_cohort(folder, n=n, size=size, formats=("tiff",), seed=seed, progress=False)
+    return manifest
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` as indented JSON, atomically (a temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for everyone
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def summary_row(metric: str, value: Any, target: Any = None, met: bool | None = None) -> dict[str, Any]:
+    """One headline figure for the JSON's ``summary`` list, which `wsi-ats bench` puts in the results README."""
+    return {"metric": metric, "value": value, "target": target, "met": None if met is None else bool(met)}
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; numbers keep the formatting the caller gave them."""
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def figure(ncols: int = 1, *, width: float = 5.0, height: float = 4.0):
+    """A new matplotlib figure and its axes (a list), on the Agg backend: no display needed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Save ``fig`` as a PNG at ``path`` and free it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    """One line saying where figures were measured, for tables and plot titles."""
+    gpu = ", ".join(info.get("gpu") or []) or "no GPU"
+    load = info.get("load_average", [None])[0]
+    return f"{info.get('cpu')}, {info.get('usable_cores')} cores, {gpu}, load average {load}"

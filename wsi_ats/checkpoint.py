@@ -1,0 +1,89 @@
+"""One-file checkpoints: weights, the full model config, class names and training metadata.
+
+Everything in the file is a tensor, a dict, a list or a scalar, so it loads with
+``torch.load(path, weights_only=True)`` (no pickled code runs) and the model is rebuilt
+from the config through the network registry: no code edit, no class import by path.
+Writes are atomic (temporary file in the same folder, then rename), so a crash never
+leaves a half-written checkpoint where a good one was.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsi_ats.device import select_device
+from wsi_ats.models import ATSModel, ModelConfig
+
+FORMAT = "wsi-ats-checkpoint"
+VERSION = 1
+_REQUIRED = ("format", "version", "config", "class_names", "state_dict")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable wsi-ats checkpoint; the message names the file and the reason."""
+
+
+def save_checkpoint(path: str | Path, model: ATSModel, *, metadata: dict[str, Any] | None = None, training: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically; ``metadata`` (plain values) describes the run, ``training`` holds resume state."""
+    if model.config is None:
+        raise ValueError("only a model built with ATSModel.from_config can be checkpointed (the config rebuilds it)")
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": model.config.to_dict(),
+        "class_names": list(model.class_names),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
+    if training is not None:
+        payload["training"] = training
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's contents, validated; `CheckpointError` for anything that is not ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many types on foreign bytes; all mean "not ours"
+        raise CheckpointError(f"{path}: not a wsi-ats checkpoint (torch.load failed: {str(err).splitlines()[0]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a wsi-ats checkpoint (no '{FORMAT}' format tag)")
+    missing = [k for k in _REQUIRED if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
+    if payload["version"] != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {payload['version']} is not supported (this is version {VERSION})")
+    return payload
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device | None = None) -> ATSModel:
+    """Rebuild the model saved in ``path`` on ``device`` (default: CUDA when present), in eval mode."""
+    payload = read_checkpoint(path)
+    try:
+        config = ModelConfig.from_dict(payload["config"], source=str(path))
+        model = ATSModel.from_config(config, payload["class_names"])
+        model.load_state_dict(payload["state_dict"])
+    except (ValueError, TypeError, RuntimeError, KeyError) as err:
+        raise CheckpointError(f"{path}: cannot rebuild the model: {err}") from None
+    model.metadata = dict(payload.get("metadata") or {})
+    return model.to(select_device(device)).eval()

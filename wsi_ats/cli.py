@@ -1,0 +1,150 @@
+"""``wsi-ats`` command line: argument parsing only; every command calls the library.
+
+Exit codes: 0 success, 1 some work failed (e.g. a slide in a batch), 2 bad usage
+or bad input (argparse's own convention, a bad manifest, an unreadable slide for ``info``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from wsi_ats.info import describe, format_description
+    from wsi_ats.readers import SlideError
+
+    try:
+        desc = describe(args.slide)
+    except (FileNotFoundError, SlideError) as err:
+        print(f"wsi-ats info: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(desc, indent=2) if args.json else format_description(desc))
+    return EXIT_OK
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from wsi_ats.synth import make_cohort
+
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    manifest = make_cohort(args.out, n=args.n, size=args.size, formats=formats, seed=args.seed)
+    print(f"cohort written: {manifest}")
+    return EXIT_OK
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from wsi_ats.manifest import ManifestError
+    from wsi_ats.train import train
+
+    try:
+        metrics = train(args.manifest, args.config, args.out, seed=args.seed, epochs=args.epochs, device=args.device)
+    except (ManifestError, FileNotFoundError) as err:
+        print(f"wsi-ats train: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    test = metrics.get("test", {})
+    if test:
+        print("test: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in test.items()))
+    print(f"model: {Path(args.out) / 'model.pt'}")
+    return EXIT_OK
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from wsi_ats.predict import predict_command
+
+    return predict_command(
+        model=args.model,
+        slides=args.slides,
+        manifest=args.manifest,
+        out=args.out,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        seed=args.seed,
+        topk=args.topk,
+        draws=args.draws,
+        device=args.device,
+    )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from wsi_ats.demo import run_demo
+
+    return run_demo(args.out)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from wsi_ats.bench import run_benchmarks
+
+    return run_benchmarks(args.names, quick=args.quick, out=args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree; kept apart from `main` so tests and docs can inspect it."""
+    p = argparse.ArgumentParser(prog="wsi-ats", description="Attention sampling on whole-slide images.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("info", help="levels, tiles, mpp and vendor of a slide")
+    s.add_argument("slide", help="slide file, OME-Zarr/zarr directory or URL")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=_cmd_info)
+
+    s = sub.add_parser("synth", help="write a synthetic labelled cohort and its manifest.csv")
+    s.add_argument("out", type=Path)
+    s.add_argument("--n", type=int, default=12, help="number of slides (default 12)")
+    s.add_argument("--size", type=int, default=8192, help="level-0 edge in pixels (default 8192)")
+    s.add_argument("--format", default="tiff,zarr", help="comma-separated: tiff, zarr (default both)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser("train", help="train an ATS model; writes RUN/model.pt and RUN/metrics.json")
+    s.add_argument("--manifest", required=True, type=Path)
+    s.add_argument("--config", required=True, type=Path, help="a recipe from pipelines/")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("predict", help="batch inference over slides, directories or a manifest")
+    s.add_argument("--model", required=True, type=Path, help="RUN/model.pt from `wsi-ats train`")
+    s.add_argument("slides", nargs="*", help="slide files or directories (searched recursively)")
+    s.add_argument("--manifest", type=Path, default=None)
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument(
+        "--scheduler",
+        default="local",
+        help="local (a LocalCluster on this machine), threads (in-process), or a scheduler address/file",
+    )
+    s.add_argument("--workers", type=int, default=None, help="worker processes for --scheduler local")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--topk", action="store_true", help="deterministic top-k patches instead of sampling")
+    s.add_argument("--draws", type=int, default=1, help="average the prediction over K Monte-Carlo draws")
+    s.add_argument("--device", default=None)
+    s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("demo", help="synth + train + predict end to end on the built-in synthetic cohort")
+    s.add_argument("--out", type=Path, default=Path("demo-output"))
+    s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("bench", help="run the benchmarks; JSON + markdown into benchmarks/results")
+    s.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
+    s.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
+    s.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    s.set_defaults(func=_cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "predict" and bool(args.slides) == bool(args.manifest):
+        print("wsi-ats predict: give slides or --manifest, not both or neither", file=sys.stderr)
+        return EXIT_USAGE
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""Train and measure ATS against two dense CNNs on megadigits (the paper's megaNIST, sec. 4.2).
+
+Three models, one training loop (Adam, cross-entropy, gradient-norm clipping, same batches):
+
+* ``ats``: attention net on the low-resolution view, ``n`` patches drawn without replacement
+  from the full-resolution canvas, feature net on the patches, the expectation, a linear head;
+  the loss adds the entropy regularizer on the attention (the paper's recipe).
+* ``low``: a CNN on the low-resolution view only.
+* ``full``: a CNN on the whole full-resolution canvas (the same strided conv stack as the
+  ATS feature net, every position pooled by a learnt softmax attention: the dense "full model"
+  that attention sampling estimates, and can count the digits of each class).
+
+Cost per sample is one forward + backward on a training batch: wall time, and activation
+memory = bytes of the distinct tensors autograd saves for the backward pass (captured with
+``torch.autograd.graph.saved_tensors_hooks``; parameters excluded). PyTorch's CPU allocator
+keeps no peak statistic, and this count is exact and independent of the allocator.
+"""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsi_ats.ats import attention_sampling, entropy_regularizer
+from wsi_ats.megadigits import N_CLASSES, MegaDigits, MegaDigitsConfig, make_megadigits
+
+__all__ = [
+    "TrainConfig",
+    "Recipe",
+    "load_recipe",
+    "build_model",
+    "fit",
+    "error_rate",
+    "cost_per_sample",
+    "run_experiment",
+    "MODELS",
+]
+
+MODELS = ("ats", "low", "full")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and attention-sampling settings (paper: n 10, patch 50, no replacement, 1e-4)."""
+
+    epochs: int = 6
+    batch_size: int = 16
+    lr: float = 1e-3
+    clip_norm: float = 1.0
+    n_patches: int = 10
+    patch_size: int = 50
+    replace: bool = False
+    entropy: float = 1e-4
+    width: int = 32  # channels of the conv stacks = feature dimension
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything one experiment needs, as read from ``pipelines/megadigits.toml``."""
+
+    dataset: MegaDigitsConfig
+    train: TrainConfig
+    n_train: int
+    n_test: int
+    seed: int
+
+
+def load_recipe(path: str | Path, *, quick: bool = False) -> Recipe:
+    """Read a recipe; with ``quick`` the ``[quick]`` table's values replace the others."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        raw = tomllib.load(handle)
+    if quick:
+        overrides = raw.get("quick", {})
+        for table in ("dataset", "train"):
+            raw[table] = {**raw.get(table, {}), **overrides.pop(table, {})}
+        raw.update(overrides)
+    raw.pop("quick", None)
+    unknown = set(raw) - {"dataset", "train", "n_train", "n_test", "seed"}
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    return Recipe(
+        dataset=_dataclass_from(MegaDigitsConfig, raw.get("dataset", {}), path, "dataset"),
+        train=_dataclass_from(TrainConfig, raw.get("train", {}), path, "train"),
+        n_train=int(raw.get("n_train", 1000)),
+        n_test=int(raw.get("n_test", 300)),
+        seed=int(raw.get("seed", 0)),
+    )
+
+
+# --- networks ---------------------------------------------------------------------------------
+
+
+class AttentionNet(nn.Module):
+    """The paper's megaNIST attention net: three 3x3 'same' convs (tanh) -> softmax over cells.
+
+    The softmax is mixed with a uniform ``smooth`` so that no cell ever has zero attention.
+    """
+
+    def __init__(self, channels: int = 8, smooth: float = 1e-5) -> None:
+        super().__init__()
+        self.smooth = smooth
+        self.net = nn.Sequential(
+            nn.Conv2d(1, channels, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(channels, 1, 3, padding=1),
+        )
+
+    def forward(self, low: torch.Tensor) -> torch.Tensor:
+        logits = self.net(low).flatten(1)
+        attention = (1 - self.smooth) * logits.softmax(dim=1) + self.smooth / logits.shape[1]
+        return attention.view(low.shape[0], *low.shape[2:])
+
+
+def conv_stack(width: int, *, downsample: bool) -> nn.Sequential:
+    """Four valid convs + ReLU; ``downsample`` makes the first a 4x4 stride-4 stem and pools
+    after the second (receptive field 48 px, about one 50 px patch).
+
+    The paper's feature net (7x7 + three 3x3, 32 channels, no striding) costs ~30x more on a
+    CPU; the digits are 8 x 8 scans upscaled, so a stride-4 stem loses almost nothing.
+    """
+    stem = nn.Conv2d(1, width // 2, 4, stride=4) if downsample else nn.Conv2d(1, width // 2, 5)
+    return nn.Sequential(
+        stem,
+        nn.ReLU(),
+        nn.Conv2d(width // 2, width, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2) if downsample else nn.Identity(),
+        nn.Conv2d(width, width, 3),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3),
+        nn.ReLU(),
+    )
+
+
+def classifier_head(width: int) -> nn.Sequential:
+    """Batch norm + linear, shared by all three models.
+
+    Early in training the pooled feature is mostly that of empty background, the same in
+    every image; batch norm removes it and scales up what differs (the digits), which cuts
+    the epochs needed from tens to a few on every model alike.
+    """
+    return nn.Sequential(nn.BatchNorm1d(width), nn.Linear(width, N_CLASSES))
+
+
+class PatchFeatures(nn.Module):
+    """Patch -> conv stack -> global max -> L2-normalised feature (as the paper's feature net)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.convs = conv_stack(width, downsample=True)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.convs(patches).amax(dim=(2, 3)), dim=1)
+
+
+class ATSClassifier(nn.Module):
+    """Attention sampling on in-memory canvases: ``(low, high) -> (logits, attention)``."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.attention = AttentionNet()
+        self.features = PatchFeatures(cfg.width)
+        self.head = classifier_head(cfg.width)
+
+    def forward(
+        self, low: torch.Tensor, high: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        result = attention_sampling(
+            self.attention,
+            low,
+            high,
+            self._patch_features,
+            self.cfg.n_patches,
+            patch_size=self.cfg.patch_size,
+            replace=self.cfg.replace,
+            generator=generator,
+        )
+        return self.head(result.features), result.attention
+
+    def _patch_features(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.features(_as_float(patches))
+
+
+class DenseClassifier(nn.Module):
+    """A CNN on one whole view: conv stack -> L2-normalised features at every position ->
+    softmax-attention pooling over positions (counts like the ATS expectation) -> linear head."""
+
+    def __init__(self, cfg: TrainConfig, *, view: str) -> None:
+        super().__init__()
+        self.view = view
+        self.convs = conv_stack(cfg.width, downsample=view == "high")
+        self.score = nn.Conv2d(cfg.width, 1, 1)
+        self.head = classifier_head(cfg.width)
+
+    def forward(
+        self, low: torch.Tensor, high: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        features = F.normalize(self.convs(_as_float(high) if self.view == "high" else low), dim=1)
+        weights = self.score(features).flatten(1).softmax(dim=1)  # [B, positions]
+        pooled = torch.einsum("bcp,bp->bc", features.flatten(2), weights)
+        return self.head(pooled), None
+
+
+def build_model(name: str, cfg: TrainConfig, *, seed: int) -> nn.Module:
+    """One of :data:`MODELS`, with weights drawn from ``seed``."""
+    torch.manual_seed(seed)
+    if name == "ats":
+        return ATSClassifier(cfg)
+    if name in ("low", "full"):
+        return DenseClassifier(cfg, view="low" if name == "low" else "high")
+    raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+
+
+# --- training and measurement -----------------------------------------------------------------
+
+
+def fit(model: nn.Module, data: MegaDigits, cfg: TrainConfig, *, seed: int) -> list[float]:
+    """Train in place; returns the mean training loss of each epoch."""
+    order_rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    model.train()
+    history = []
+    for _ in range(cfg.epochs):
+        order = order_rng.permutation(len(data))
+        losses = []
+        for start in range(0, len(order), cfg.batch_size):
+            low, high, labels = _batch(data, order[start : start + cfg.batch_size])
+            loss = _loss(model, low, high, labels, cfg, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            optimizer.step()
+            losses.append(loss.item())
+        history.append(float(np.mean(losses)))
+    return history
+
+
+@torch.no_grad()
+def error_rate(model: nn.Module, data: MegaDigits, *, batch_size: int, seed: int) -> float:
+    """Fraction of wrong predictions; ATS draws its patches from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    model.eval()
+    wrong = 0
+    for start in range(0, len(data), batch_size):
+        low, high, labels = _batch(data, np.arange(start, min(start + batch_size, len(data))))
+        logits, _ = model(low, high, generator)
+        wrong += int((logits.argmax(dim=1) != labels).sum())
+    return wrong / len(data)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Per-sample cost of one training step (forward + backward)."""
+
+    seconds: float
+    activation_bytes: int
+
+
+def cost_per_sample(
+    model: nn.Module, data: MegaDigits, cfg: TrainConfig, *, repeats: int = 3, seed: int = 0
+) -> Cost:
+    """Median wall time over ``repeats`` steps (after one warm-up) and activation bytes, per sample."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = np.arange(min(cfg.batch_size, len(data)))
+    low, high, labels = _batch(data, batch)
+    model.train()
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        _loss(model, low, high, labels, cfg, generator).backward()
+    times = []
+    for _ in range(repeats):
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        _loss(model, low, high, labels, cfg, generator).backward()
+        times.append(time.perf_counter() - start)
+    model.zero_grad(set_to_none=True)
+    return Cost(seconds=float(np.median(times)) / len(batch), activation_bytes=sum(saved.values()) // len(batch))
+
+
+def pixels_read(name: str, recipe: Recipe) -> int:
+    """Input pixels one sample makes the model look at."""
+    low, canvas = recipe.dataset.low_size ** 2, recipe.dataset.canvas ** 2
+    patches = recipe.train.n_patches * recipe.train.patch_size ** 2
+    return {"ats": low + patches, "low": low, "full": canvas}[name]
+
+
+def run_experiment(recipe: Recipe, models: tuple[str, ...] = MODELS, log: Any = None) -> dict[str, Any]:
+    """Make the data, then train, test and measure each model; plain-JSON results."""
+    start = time.perf_counter()
+    train = make_megadigits(recipe.n_train, split="train", seed=recipe.seed, config=recipe.dataset)
+    test = make_megadigits(recipe.n_test, split="test", seed=recipe.seed, config=recipe.dataset)
+    results: dict[str, Any] = {"data_seconds": time.perf_counter() - start, "models": {}}
+    for name in models:
+        model = build_model(name, recipe.train, seed=recipe.seed)
+        start = time.perf_counter()
+        history = fit(model, train, recipe.train, seed=recipe.seed)
+        train_seconds = time.perf_counter() - start
+        cost = cost_per_sample(model, train, recipe.train, seed=recipe.seed)
+        results["models"][name] = {
+            "test_error": error_rate(model, test, batch_size=recipe.train.batch_size, seed=recipe.seed + 1),
+            "train_error": error_rate(model, train, batch_size=recipe.train.batch_size, seed=recipe.seed + 1),
+            "seconds_per_sample": cost.seconds,
+            "activation_mib_per_sample": cost.activation_bytes / 2**20,
+            "pixels_per_sample": pixels_read(name, recipe),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_seconds": train_seconds,
+            "loss_per_epoch": history,
+        }
+        if log is not None:
+            log(f"{name}: {results['models'][name]['test_error']:.3f} test error, {train_seconds:.0f} s training")
+    return results
+
+
+def _batch(data: MegaDigits, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of ``data`` as ``[b, 1, h, w]`` tensors and their labels.
+
+    The low view is float in [0, 1]; the canvas stays ``uint8`` (4x less to copy) and is
+    converted only where a net reads it, which for ATS is just the sampled patches.
+    """
+    low = _as_float(torch.from_numpy(data.low[rows]).unsqueeze(1))
+    high = torch.from_numpy(data.high[rows]).unsqueeze(1)
+    return low, high, torch.from_numpy(data.labels[rows])
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(255)
+
+
+def _loss(
+    model: nn.Module,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    logits, attention = model(low, high, generator)
+    loss = F.cross_entropy(logits, labels)
+    if attention is not None:
+        loss = loss + entropy_regularizer(attention, cfg.entropy)
+    return loss
+
+
+def _dataclass_from(cls: type, values: dict[str, Any], path: Path, table: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown keys in [{table}]: {sorted(unknown)}; known: {sorted(known)}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: bad [{table}]: {err}") from err

@@ -1,0 +1,108 @@
+"""The attention grid over one low level, and the tissue cells on it.
+
+Geometry only (numpy): which low-level pixels a grid cell is centred on, which window of the
+low level a block of cells needs, and which cells are tissue. Cells are numbered
+*tile-major* (tiles of ``tile x tile`` cells in raster order, cells in raster order within
+a tile), and the whole-level and tile-by-tile passes both use that numbering, so they
+produce the same flat logits, the same attention and the same draws.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from wsi_ats.tissue import TissueMask
+
+
+@dataclass(frozen=True)
+class AttentionGrid:
+    """The grid an attention net of ``radius`` and ``padding`` produces on a low level of ``low_shape``.
+
+    Cell ``i`` (per dim) is centred on low-level pixel ``i + offset`` (``offset = radius`` for
+    valid padding, 0 for same), so its level-0 box starts at ``(i + offset) * low_downsample``.
+    """
+
+    low_shape: tuple[int, int]
+    low_downsample: float
+    radius: int
+    padding: str
+
+    @property
+    def offset(self) -> int:
+        return self.radius if self.padding == "valid" else 0
+
+    @property
+    def receptive_field(self) -> int:
+        """Low-level pixels per dim the grid loses (`wsi_ats.ats.patch_top_left`'s ``receptive_field``)."""
+        return 2 * self.offset
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.low_shape[0] - self.receptive_field, self.low_shape[1] - self.receptive_field)
+
+    def window(self, y0: int, x0: int, y1: int, x1: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """Low-level ``(top_left, size)`` to read for cells ``[y0, y1) x [x0, x1)``, and where cell ``(y0, x0)`` lands in the net's output.
+
+        The window extends ``radius`` pixels of context each side, clipped to the level, so
+        the net sees exactly what a whole-level pass would (its own zero padding at the
+        slide border included).
+        """
+        (H, W), r, o = self.low_shape, self.radius, self.offset
+        ty0, tx0 = max(y0 + o - r, 0), max(x0 + o - r, 0)
+        ty1, tx1 = min(y1 + o + r, H), min(x1 + o + r, W)
+        return (ty0, tx0), (ty1 - ty0, tx1 - tx0), (y0 - ty0, x0 - tx0)
+
+    def cell_centres(self, start: int, stop: int) -> np.ndarray:
+        """Level-0 positions of the centres of cells ``start..stop-1`` along one dim."""
+        return (np.arange(start, stop) + self.offset + 0.5) * self.low_downsample
+
+    def tissue_cells(self, mask: TissueMask | None, tile: int) -> "TissueCells":
+        """The cells whose centre is tissue (all cells when ``mask`` is None), tile-major."""
+        Ay, Ax = self.shape
+        rows, cols = math.ceil(Ay / tile), math.ceil(Ax / tile)
+        tiles, counts, coords = [], [], []
+        for ty in range(rows):
+            y0, y1 = ty * tile, min((ty + 1) * tile, Ay)
+            ys = self.cell_centres(y0, y1)
+            for tx in range(cols):
+                x0, x1 = tx * tile, min((tx + 1) * tile, Ax)
+                if mask is None:
+                    local = np.ones((y1 - y0, x1 - x0), bool)
+                else:
+                    local = mask.at(ys, self.cell_centres(x0, x1))
+                cy, cx = np.nonzero(local)
+                if len(cy):
+                    tiles.append((ty, tx))
+                    counts.append(len(cy))
+                    coords.append(np.stack([cy + y0, cx + x0], axis=1))
+        offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+        return TissueCells(
+            grid_shape=(Ay, Ax),
+            tile=tile,
+            tiles=np.asarray(tiles, np.int64).reshape(-1, 2),
+            offsets=offsets,
+            coords=np.concatenate(coords).astype(np.int64) if coords else np.zeros((0, 2), np.int64),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class TissueCells:
+    """Tissue cells of a grid: ``coords[offsets[k]:offsets[k+1]]`` are the ``(y, x)`` cells of tile ``tiles[k]``."""
+
+    grid_shape: tuple[int, int]
+    tile: int
+    tiles: np.ndarray
+    offsets: np.ndarray
+    coords: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def tile_box(self, k: int) -> tuple[int, int, int, int]:
+        """Cells ``(y0, x0, y1, x1)`` of the ``k``-th tissue tile."""
+        ty, tx = (int(v) for v in self.tiles[k])
+        t, (Ay, Ax) = self.tile, self.grid_shape
+        return ty * t, tx * t, min((ty + 1) * t, Ay), min((tx + 1) * t, Ax)

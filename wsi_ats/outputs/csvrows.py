@@ -1,0 +1,125 @@
+"""``predictions.csv``: one row per slide, rewritten whole and atomically after every slide.
+
+Rows are plain dicts (no pandas): string columns hold ``""`` when empty, numeric
+columns a number or ``None``. Numbers are written so that they read back exactly
+(``repr`` of the float), except ``seconds``, which is a timing and gets milliseconds.
+The ``prob_<class>`` columns come from the rows themselves, so a file that mixes
+models still has one column per class ever seen.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from wsi_ats.outputs.atomic import atomic_write_text
+from wsi_ats.result import SlideResult
+
+PREDICTIONS_CSV = "predictions.csv"
+HEAD_COLUMNS = ("slide_id", "path", "status", "error", "prediction", "probability")
+TAIL_COLUMNS = ("seconds", "patches_fetched")
+#: Columns that change between identical runs; compare runs without them.
+TIMING_COLUMNS = ("seconds",)
+PROB_PREFIX = "prob_"
+OK, ERROR = "ok", "error"
+
+Row = dict[str, Any]
+
+
+def ok_row(result: SlideResult, path: str, seconds: float) -> Row:
+    """The row of a slide whose outputs are all written."""
+    row: Row = {
+        "slide_id": result.slide_id,
+        "path": path,
+        "status": OK,
+        "error": "",
+        "prediction": result.prediction,
+        "probability": result.probability,
+    }
+    row.update({f"{PROB_PREFIX}{c}": float(p) for c, p in zip(result.class_names, result.probabilities)})
+    row.update(seconds=float(seconds), patches_fetched=int(result.patches_fetched))
+    return row
+
+
+def error_row(slide_id: str, path: str, error: str, seconds: float) -> Row:
+    """The row of a slide that failed; ``error`` says why (one line)."""
+    return {
+        "slide_id": slide_id,
+        "path": path,
+        "status": ERROR,
+        "error": " ".join(error.split()),
+        "prediction": "",
+        "probability": None,
+        "seconds": float(seconds),
+        "patches_fetched": None,
+    }
+
+
+def columns(rows: list[Row]) -> list[str]:
+    """Head columns, every ``prob_<class>`` in order of first appearance, tail, then any others."""
+    extra: dict[str, None] = {}
+    for row in rows:
+        extra.update(dict.fromkeys(k for k in row if k not in HEAD_COLUMNS and k not in TAIL_COLUMNS))
+    probs = [k for k in extra if k.startswith(PROB_PREFIX)]
+    others = [k for k in extra if not k.startswith(PROB_PREFIX)]
+    return [*HEAD_COLUMNS, *probs, *TAIL_COLUMNS, *others]
+
+
+def complete(rows: list[Row]) -> list[Row]:
+    """Rows with every column of the set (``""`` or ``None`` where a row has no value), as a reread gives."""
+    cols = columns(rows)
+    return [{c: row.get(c, _parse(c, "")) for c in cols} for row in rows]
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if column == "seconds":
+        return f"{value:.3f}"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _parse(column: str, text: str) -> Any:
+    if column == "patches_fetched":
+        return int(text) if text else None
+    if column in ("probability", "seconds") or column.startswith(PROB_PREFIX):
+        return float(text) if text else None
+    return text
+
+
+def format_predictions(rows: list[Row]) -> str:
+    """The CSV text of ``rows``, header first."""
+    cols = columns(rows)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(cols)
+    writer.writerows([_cell(c, row.get(c)) for c in cols] for row in rows)
+    return buf.getvalue()
+
+
+def write_predictions(path: str | os.PathLike[str], rows: list[Row]) -> None:
+    """Replace the CSV at ``path`` with ``rows`` in one atomic step."""
+    atomic_write_text(path, format_predictions(rows))
+
+
+def read_predictions(path: str | os.PathLike[str]) -> list[Row]:
+    """Rows of an existing CSV, typed as `ok_row` / `error_row` make them; ``[]`` if there is none."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in HEAD_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: not a predictions file (missing columns {', '.join(missing)})")
+        rows = []
+        for line, rec in enumerate(reader, start=2):
+            if None in rec or None in rec.values():
+                raise ValueError(f"{path}:{line}: expected {len(reader.fieldnames or [])} fields")
+            rows.append({k: _parse(k, v) for k, v in rec.items()})
+    return rows

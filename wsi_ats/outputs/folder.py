@@ -1,0 +1,64 @@
+"""The per-slide output folder ``OUT/<slide_id>/``: which files, their bytes, and whether it is complete.
+
+Rendering (`slide_files`) is pure and returns bytes, so it can run wherever the
+prediction ran; writing (`write_slide_folder`) is atomic file by file. The CSV row that
+says ``ok`` is written only after every file here exists, so "row ok and files present"
+is what marks a slide done.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from wsi_ats.outputs.atomic import atomic_write_bytes, remove_stale_temps
+from wsi_ats.outputs.geojson import patches_geojson
+from wsi_ats.outputs.heatmap import render_heatmap_png
+from wsi_ats.result import SlideResult
+
+HEATMAP, ATTENTION, ATTENTION_META, PATCHES = "attention.png", "attention.npy", "attention.json", "patches.geojson"
+SLIDE_FILES = (HEATMAP, ATTENTION, ATTENTION_META, PATCHES)
+
+
+def attention_sidecar(result: SlideResult) -> dict:
+    """Where the attention grid lies on the slide: cell ``(i, j)`` covers level-0 ``origin + (i, j) * downsample``."""
+    return {
+        "slide_id": result.slide_id,
+        "axes": ["y", "x"],
+        "level": int(result.attention_level),
+        "downsample": float(result.attention_downsample),
+        "origin": [float(v) for v in result.attention_origin],
+        "shape": [int(v) for v in np.shape(result.attention)],
+    }
+
+
+def slide_files(
+    result: SlideResult, thumbnail: np.ndarray, level0_shape: tuple[int, int], draws: int = 1
+) -> dict[str, bytes]:
+    """Every file of the slide's folder, rendered in memory; ``draws`` the result holds (1 with top-k)."""
+    npy = io.BytesIO()
+    np.save(npy, np.asarray(result.attention, dtype=np.float32))
+    return {
+        HEATMAP: render_heatmap_png(result, thumbnail, level0_shape, draws),
+        ATTENTION: npy.getvalue(),
+        ATTENTION_META: json.dumps(attention_sidecar(result), indent=2).encode(),
+        PATCHES: json.dumps(patches_geojson(result, draws)).encode(),
+    }
+
+
+def write_slide_folder(folder: str | os.PathLike[str], files: dict[str, bytes]) -> None:
+    """Create ``folder`` and write each file atomically, sweeping temporaries of an earlier killed run."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder)
+    for name, data in files.items():
+        atomic_write_bytes(folder / name, data)
+
+
+def slide_folder_complete(folder: str | os.PathLike[str]) -> bool:
+    """Every output file is there (each was written atomically, so present means whole)."""
+    return all((Path(folder) / name).is_file() for name in SLIDE_FILES)

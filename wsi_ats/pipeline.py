@@ -1,0 +1,300 @@
+"""Batch prediction: slides in, ``predictions.csv`` and one output folder per slide out.
+
+The work on one slide is one pure function, `predict_one`: open, predict, render the
+output files in memory, and return them (or the error) as a `SlideOutcome`. It never
+raises for a bad slide and never touches ``OUT``, so it runs the same in this process or
+as a dask task. `Pipeline.run_many` writes each outcome as it arrives: the slide's
+folder first, then its CSV row, so a row that says ``ok`` always has its files, and the
+CSV (rewritten atomically after every slide, less often once it is huge) survives
+``kill -9`` whole. A rerun skips slides already done and retries the rest.
+
+Each slide's sampling seed is a hash of ``(seed, slide_id)``: results do not depend
+on the order of the batch, on which worker ran the slide, or on what else was in it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wsi_ats.discover import SlideSource, discover, slide_stem
+from wsi_ats.manifest import ManifestRow
+from wsi_ats.outputs import (
+    OK,
+    PREDICTIONS_CSV,
+    Row,
+    complete,
+    error_row,
+    ok_row,
+    read_predictions,
+    remove_stale_temps,
+    slide_files,
+    slide_folder_complete,
+    write_predictions,
+    write_slide_folder,
+)
+from wsi_ats.result import SlideResult
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from wsi_ats.models import ATSModel
+    from wsi_ats.readers import Slide
+
+#: Longest side of the thumbnail under the heatmap, in pixels.
+THUMBNAIL_SIZE = 1024
+#: ``predictions.csv`` rewrites take at most about 1/FLUSH_RATIO of a batch's time.
+FLUSH_RATIO = 10
+Source = str | os.PathLike[str] | ManifestRow
+
+
+class NoSlidesError(ValueError):
+    """The inputs hold no slide at all: a usage error, not a failed slide."""
+
+
+def slide_seed(seed: int, slide_id: str) -> int:
+    """The seed of one slide: 32 bits of SHA-256 of ``(seed, slide_id)``, stable across runs and machines."""
+    digest = hashlib.sha256(f"{int(seed)}\0{slide_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def describe_error(err: BaseException, path: str) -> str:
+    """``"SlideError: /path: reason"`` on one line; the path is added when the message lacks it."""
+    text = str(err) if path in str(err) else f"{path}: {err}"
+    return " ".join(f"{type(err).__name__}: {text}".split())
+
+
+def exit_code(rows: list[Row]) -> int:
+    """What `wsi-ats predict` exits with: 0 when every slide is ok, 1 when any failed."""
+    return 0 if rows and all(r["status"] == OK for r in rows) else 1
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(path: str, mtime_ns: int, device: str | None) -> "ATSModel":
+    from wsi_ats.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, device=device)
+
+
+def load_model(model_path: str | os.PathLike[str], device: str | None = None) -> "ATSModel":
+    """Load a checkpoint once per process (and again if the file changes): dask tasks reuse it."""
+    path = os.path.abspath(model_path)
+    version = os.stat(path).st_mtime_ns if os.path.exists(path) else 0  # a missing file: the loader says so
+    return _load_cached(path, version, None if device is None else str(device))
+
+
+def predict_slide(model: "ATSModel", slide: "Slide", slide_id: str, seed: int, topk: bool, draws: int) -> SlideResult:
+    """The model on one open slide, with the slide's own seed."""
+    return model.predict_slide(slide, slide_id=slide_id, seed=slide_seed(seed, slide_id), draws=draws, topk=topk)
+
+
+def _default_id(source: object) -> str:
+    return slide_stem(source) if isinstance(source, (str, os.PathLike)) else "array"
+
+
+@dataclass(frozen=True)
+class SlideOutcome:
+    """What `predict_one` hands back: the result and its rendered files, or the error; wall time either way."""
+
+    slide_id: str
+    path: str
+    seconds: float
+    result: SlideResult | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+    error: str | None = None
+
+
+def predict_one(
+    model: "ATSModel | str | os.PathLike[str]",
+    source: str,
+    slide_id: str,
+    seed: int = 0,
+    *,
+    topk: bool = False,
+    draws: int = 1,
+    device: str | None = None,
+) -> SlideOutcome:
+    """Predict one slide and render its output files; any failure becomes the outcome's ``error``.
+
+    ``model`` is a loaded model or a checkpoint path (loaded once per process), so a
+    dask task can be given the path instead of the pickled network.
+    """
+    from wsi_ats.readers import open_slide
+
+    start = time.perf_counter()
+    try:
+        net = load_model(model, device) if isinstance(model, (str, os.PathLike)) else model
+        with open_slide(source) as slide:
+            result = predict_slide(net, slide, slide_id, seed, topk, draws)
+            files = slide_files(result, slide.thumbnail(THUMBNAIL_SIZE), slide.levels[0].shape, 1 if topk else draws)
+    except Exception as err:  # noqa: BLE001 - a bad slide fails its row, never the batch
+        return SlideOutcome(slide_id, source, time.perf_counter() - start, error=describe_error(err, source))
+    return SlideOutcome(slide_id, source, time.perf_counter() - start, result=result, files=files)
+
+
+class Pipeline:
+    """A trained model applied to slides: `run` for one, `run_many` for a batch into an output folder."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        device: str | None = None,
+        seed: int = 0,
+        topk: bool = False,
+        draws: int = 1,
+    ) -> None:
+        if draws < 1:
+            raise ValueError(f"draws must be at least 1, got {draws}")
+        self.model_path = os.path.abspath(model_path)
+        self.device = device
+        self.seed, self.topk, self.draws = int(seed), bool(topk), int(draws)
+        self.model = load_model(self.model_path, device)  # fail now, not on the first slide
+
+    def run(self, source: "Source | Slide | np.ndarray", slide_id: str | None = None) -> SlideResult:
+        """Predict one slide (path, manifest row, open `Slide` or ``H x W x 3`` array); errors raise."""
+        from wsi_ats.readers import Slide, open_slide
+
+        if isinstance(source, ManifestRow):
+            slide_id, source = slide_id or source.slide_id, source.path
+        if isinstance(source, Slide):
+            return predict_slide(self.model, source, slide_id or _default_id(source.source), *self._options)
+        with open_slide(source) as slide:
+            return predict_slide(self.model, slide, slide_id or _default_id(source), *self._options)
+
+    @property
+    def _options(self) -> tuple[int, bool, int]:
+        return self.seed, self.topk, self.draws
+
+    def run_many(
+        self,
+        sources: Iterable[Source] | Source,
+        out_dir: str | os.PathLike[str],
+        client: Any = None,
+        *,
+        verbose: bool = True,
+    ) -> list[Row]:
+        """Predict every slide into ``out_dir``; returns one row dict per slide, in input order.
+
+        Folders are searched recursively (`wsi_ats.discover`). Slides whose row in an
+        existing ``predictions.csv`` is ok, for the same path, with all files present
+        are skipped and their files left untouched; the others are (re)done. With a
+        ``dask.distributed`` ``client`` each slide is one task, written as it completes.
+        ``verbose`` prints notes, a progress bar and a summary.
+        """
+        sources = [sources] if isinstance(sources, (str, os.PathLike, ManifestRow)) else list(sources)
+        found = discover(sources)
+        say = functools.partial(print, file=sys.stderr) if verbose else (lambda *_: None)
+        for note in found.notes:
+            say(f"note: {note}")
+        if not found.slides:
+            raise NoSlidesError(f"no slides found in {', '.join(map(str, sources))}")
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)
+        csv_path = out / PREDICTIONS_CSV
+        previous = {r["slide_id"]: r for r in read_predictions(csv_path)}
+        ids = [s.slide_id for s in found.slides]
+        rows = {sid: previous[sid] for sid in ids if sid in previous}  # kept until replaced
+        others = [r for sid, r in previous.items() if sid not in rows]  # earlier runs' slides stay listed
+        todo = [s for s in found.slides if not self._done(previous.get(s.slide_id), s, out)]
+
+        last_end, last_cost = 0.0, 0.0
+
+        def flush(force: bool = False) -> None:
+            # After every slide while that is cheap; once the CSV is so long that rewriting it
+            # costs more than 1/FLUSH_RATIO of the time since the last rewrite, less often
+            # (a row not yet written only means that slide is redone after a crash).
+            nonlocal last_end, last_cost
+            start = time.perf_counter()
+            if force or start - last_end >= FLUSH_RATIO * last_cost:
+                write_predictions(csv_path, [rows[sid] for sid in ids if sid in rows] + others)
+                last_end = time.perf_counter()
+                last_cost = last_end - start
+
+        flush(force=True)
+        from tqdm import tqdm
+
+        failed = 0
+        with tqdm(total=len(todo), unit="slide", desc="predict", disable=not verbose or not todo) as bar:
+            try:
+                for outcome in self._outcomes(todo, client):
+                    row = self._write(outcome, out)
+                    rows[outcome.slide_id] = row
+                    flush()
+                    failed += row["status"] != OK
+                    bar.set_postfix(failed=failed, refresh=False)
+                    bar.update()
+            finally:
+                flush(force=True)  # also on Ctrl-C: keep every finished slide
+
+        result = complete([rows[sid] for sid in ids])
+        if verbose:
+            self._summary(result, len(found.slides) - len(todo), csv_path)
+        return result
+
+    # -- batch plumbing ----------------------------------------------------------
+    @staticmethod
+    def _done(previous: Row | None, source: SlideSource, out: Path) -> bool:
+        return (
+            previous is not None
+            and previous["status"] == OK
+            and previous["path"] == source.path
+            and slide_folder_complete(out / source.slide_id)
+        )
+
+    def _outcomes(self, todo: list[SlideSource], client: Any) -> Iterator[SlideOutcome]:
+        """Outcomes in this process, in order; or from dask tasks, as they complete."""
+        options = dict(topk=self.topk, draws=self.draws)
+        if client is None:
+            for s in todo:
+                yield predict_one(self.model, s.path, s.slide_id, self.seed, **options)
+            return
+        from distributed import as_completed
+
+        run = uuid.uuid4().hex[:8]
+        futures = {
+            client.submit(
+                predict_one, self.model_path, s.path, s.slide_id, self.seed,
+                device=self.device, key=f"wsi-ats-predict-{s.slide_id}-{run}", pure=False, **options,
+            ): s
+            for s in todo
+        }  # fmt: skip
+        for future in as_completed(futures):
+            s = futures.pop(future)
+            try:
+                yield future.result()
+            except Exception as err:  # noqa: BLE001 - the task itself died (worker lost, ...)
+                yield SlideOutcome(s.slide_id, s.path, 0.0, error=describe_error(err, s.path))
+            finally:
+                future.release()
+
+    @staticmethod
+    def _write(outcome: SlideOutcome, out: Path) -> Row:
+        """The slide's folder, then its row: ok only once every file is in place."""
+        if outcome.error is None:
+            assert outcome.result is not None
+            try:
+                write_slide_folder(out / outcome.slide_id, outcome.files)
+                return ok_row(outcome.result, outcome.path, outcome.seconds)
+            except OSError as err:
+                return error_row(outcome.slide_id, outcome.path, describe_error(err, outcome.path), outcome.seconds)
+        return error_row(outcome.slide_id, outcome.path, outcome.error, outcome.seconds)
+
+    @staticmethod
+    def _summary(rows: list[Row], skipped: int, csv_path: Path) -> None:
+        bad = [r for r in rows if r["status"] != OK]
+        print(
+            f"{len(rows)} slides: {len(rows) - len(bad)} ok ({skipped} already done), {len(bad)} failed "
+            f"-> {csv_path}"
+        )
+        for r in bad:
+            print(f"  failed {r['slide_id']}: {r['error']}")
