@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 from wsi_ats.benchmarking import (  # noqa: E402
     CACHE,
     RESULTS,
+    building,
     cached_slide,
     figure,
     machine_info,
@@ -66,8 +67,7 @@ def sparse_copy(source: Path, factor: int, cache: Path = CACHE) -> Path:
     import zarr
 
     from wsi_ats.readers import open_slide
-    from wsi_ats.synth.ngff import multiscales
-    from wsi_ats.synth.pyramid import STEP, block_mean, downsamples, slide_shape
+    from wsi_ats.synth.pyramid import downsamples, slide_shape
 
     dest = cache / f"{source.name.removesuffix('.ome.zarr')}-in-x{factor}.ome.zarr"
     if dest.exists():
@@ -75,19 +75,28 @@ def sparse_copy(source: Path, factor: int, cache: Path = CACHE) -> Path:
     print(f"writing {dest} (once) ...", file=sys.stderr)
     with open_slide(source) as slide:
         src_shape, mpp = slide.levels[0].shape, slide.mpp or 0.25
-        src_ds = [int(round(lv.downsample)) for lv in slide.levels]
+        src_ds = tuple(int(round(lv.downsample)) for lv in slide.levels)
     src = zarr.open_group(source, mode="r")
-    first = src["0"]
     shape = slide_shape((src_shape[0] * factor, src_shape[1] * factor))
     ds = downsamples(shape)
-    if tuple(src_ds) != ds[: len(src_ds)]:
+    if src_ds != ds[: len(src_ds)]:
         raise ValueError(f"{source}: levels {src_ds} are not the first levels of {ds}")
-    align = first.chunks[-1] * ds[-1]  # window offset on every level's chunk grid
-    offset = [max(0, (shape[i] - src_shape[i]) // 2 // align * align) for i in (0, 1)]
+    align = src["0"].chunks[-1] * ds[-1]  # the window starts on every level's chunk grid
+    offset = tuple(max(0, (shape[i] - src_shape[i]) // 2 // align * align) for i in (0, 1))
+    with building(dest) as part:
+        root = zarr.open_group(part, mode="w", zarr_format=3)
+        _write_sparse(root, src, len(src_ds), shape, ds, offset, mpp, dest.name.split(".")[0])
+    return dest
 
-    partial = dest.with_name(f".{dest.name}.partial")
-    root = zarr.open_group(partial, mode="w", zarr_format=3)
-    previous = None
+
+def _write_sparse(
+    root, src, copied: int, shape: tuple[int, int], ds: tuple[int, ...], offset: tuple[int, int], mpp: float, name: str
+) -> None:
+    """Fill ``root``: the first ``copied`` levels of ``src`` in the window at ``offset``, further levels block means of the last."""
+    from wsi_ats.synth.ngff import multiscales
+    from wsi_ats.synth.pyramid import STEP, block_mean
+
+    first, window = src["0"], None
     for level, f in enumerate(ds):
         array = root.create_array(
             str(level), shape=(3, shape[0] // f, shape[1] // f), chunks=first.chunks, dtype=first.dtype,
@@ -95,20 +104,17 @@ def sparse_copy(source: Path, factor: int, cache: Path = CACHE) -> Path:
             config={"write_empty_chunks": False},
         )  # fmt: skip
         oy, ox = offset[0] // f, offset[1] // f
-        if level < len(src_ds):
+        if level < copied:
             part = src[str(level)]
             for y in range(0, part.shape[1], BAND):
                 band = part[:, y : y + BAND]
                 array[:, oy + y : oy + y + band.shape[1], ox : ox + band.shape[2]] = band
-            previous = part
-        else:  # a level the small slide lacks: block means of the one above, from the copied window
-            # (the previous level's window fits in memory: it is at least 1/16 of level 0 per side)
-            window = block_mean(np.asarray(previous[:]).transpose(1, 2, 0), STEP).transpose(2, 0, 1)
-            array[:, oy : oy + window.shape[1], ox : ox + window.shape[2]] = window
-            previous = zarr.array(window, chunks=first.chunks)
-    root.attrs.update({"ome": {"version": "0.5", "multiscales": multiscales(dest.name.split(".")[0], ds, mpp, "0.5")}})
-    partial.rename(dest)
-    return dest
+            continue
+        if window is None:  # the last copied level, 1/16 of level 0 per side or less: small
+            window = np.asarray(src[str(copied - 1)][:]).transpose(1, 2, 0)
+        window = block_mean(window, STEP)
+        array[:, oy : oy + window.shape[0], ox : ox + window.shape[1]] = window.transpose(2, 0, 1)
+    root.attrs.update({"ome": {"version": "0.5", "multiscales": multiscales(name, ds, mpp, "0.5")}})
 
 
 def _child(path: Path, repeats: int, seed: int, recipe: Path) -> dict[str, Any]:
@@ -130,11 +136,12 @@ def _child(path: Path, repeats: int, seed: int, recipe: Path) -> dict[str, Any]:
         plan = model.plan(slide)
         plan_s = time.perf_counter() - start
         plan_peak = peak_rss_mib()
-        seconds = []
+        seconds, cpu_seconds = [], []
         for r in range(repeats):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             result = model.predict_slide(slide, seed=seed + r)
             seconds.append(time.perf_counter() - start)
+            cpu_seconds.append(time.process_time() - cpu)
         shape = slide.levels[0].shape
     return {
         "shape": list(shape),
@@ -145,6 +152,7 @@ def _child(path: Path, repeats: int, seed: int, recipe: Path) -> dict[str, Any]:
         "patches": result.patches_fetched,
         "seconds": [round(s, 4) for s in seconds],
         "seconds_median": round(statistics.median(seconds), 4),
+        "cpu_seconds_median": round(statistics.median(cpu_seconds), 4),
         "plan_seconds": round(plan_s, 4),
         "baseline_rss_mib": baseline,
         "peak_rss_after_plan_mib": plan_peak,
@@ -177,6 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_ratio": round(rss_ratio, 3),
         "work_rss_ratio": round((b["peak_rss_mib"] - b["baseline_rss_mib"]) / max(a["peak_rss_mib"] - a["baseline_rss_mib"], 1.0), 3),
         "time_ratio": round(time_ratio, 3),
+        "cpu_time_ratio": round(b["cpu_seconds_median"] / a["cpu_seconds_median"], 3),
         "plan_time_ratio": round(b["plan_seconds"] / max(a["plan_seconds"], 1e-6), 3),
         "target": {"peak_rss_ratio_max": TARGET_RSS_RATIO, "time_ratio_max": TARGET_TIME_RATIO},
         "meets_target": {"peak_rss": rss_ratio <= TARGET_RSS_RATIO, "time": time_ratio <= TARGET_TIME_RATIO},
@@ -186,7 +195,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"<= {TARGET_RSS_RATIO}x", rss_ratio <= TARGET_RSS_RATIO),
             summary_row(f"seconds per slide {b['shape'][0]}^2 / {a['shape'][0]}^2",
                         f"{time_ratio:.2f}x ({b['seconds_median']:.2f} / {a['seconds_median']:.2f} s; plan "
-                        f"{b['plan_seconds']:.2f} / {a['plan_seconds']:.2f} s)", f"<= {TARGET_TIME_RATIO}x",
+                        f"{b['plan_seconds']:.2f} / {a['plan_seconds']:.2f} s; CPU seconds "
+                        f"{b['cpu_seconds_median'] / a['cpu_seconds_median']:.2f}x)", f"<= {TARGET_TIME_RATIO}x",
                         time_ratio <= TARGET_TIME_RATIO),
         ],  # fmt: skip
     }

@@ -21,10 +21,9 @@ scaling says more about the neighbours than about the readers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,11 +31,15 @@ from pathlib import Path
 
 import imagecodecs
 import numpy as np
-import openslide
 import tifffile
 import zarr
 
-from wsi_ats.readers import open_slide
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from wsi_ats.benchmarking import machine_info, summary_row, write_json  # noqa: E402
+from wsi_ats.readers import open_slide  # noqa: E402
 
 TILE = 256
 PATCH = 256
@@ -115,25 +118,6 @@ def measure(slide, mode: str, reads: int, repeats: int, seed: int) -> dict[int, 
     return results
 
 
-def machine() -> dict:
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
-    return {
-        "cpu": model,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "openslide": openslide.__library_version__,
-        "openslide-python": openslide.__version__,
-        "tifffile": tifffile.__version__,
-        "imagecodecs": imagecodecs.__version__,
-        "libjpeg-turbo": imagecodecs.jpeg8_version(),
-        "zarr": zarr.__version__,
-        "loadavg_1min": os.getloadavg()[0],
-    }
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16384, help="level-0 edge of the synthetic slide")
@@ -143,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "read_region.json")
     args = parser.parse_args(argv)
 
-    load_before = os.getloadavg()[0]
+    info = {**machine_info(), "libjpeg-turbo": imagecodecs.jpeg8_version()}  # the load average before the runs
     with tempfile.TemporaryDirectory() as tmp:
         image = texture(args.size, args.seed)
         svs, zarr_dir = Path(tmp) / "bench.svs", Path(tmp) / "bench.ome.zarr"
@@ -170,8 +154,10 @@ def main(argv: list[str] | None = None) -> None:
                 )
         file_mib = round(svs.stat().st_size / 2**20, 1)
 
+    per_s = {(r["read"], r["backend"]): r["per_s_2_threads"] for r in rows}
     result = {
-        "machine": {**machine(), "loadavg_1min_before": load_before},
+        "benchmark": "read_region",
+        "machine": {**info, "loadavg_1min_after": round(os.getloadavg()[0], 2)},
         "config": {
             "size": args.size,
             "tile": TILE,
@@ -183,14 +169,18 @@ def main(argv: list[str] | None = None) -> None:
             "jpeg_quality": 90,
         },
         "results": rows,
+        "summary": [
+            summary_row(f"{mode}s per second, 2 threads ({args.size}^2 slide)",
+                        ", ".join(f"{name} {per_s[mode, name]:.0f}" for name in slides))
+            for mode in ("patch", "tile")
+        ],  # fmt: skip
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
 
     info = result["machine"]
     print(
         f"{info['cpu']}, {info['usable_cores']} cores,"
-        f" load {info['loadavg_1min_before']:.1f} -> {info['loadavg_1min']:.1f};"
+        f" load {info['load_average'][0]:.1f} -> {info['loadavg_1min_after']:.1f};"
         f" {args.size}^2 slide, {file_mib} MiB JPEG TIFF\n"
     )
     print("| read | backend | 1 thread /s | 2 threads /s | scaling |")

@@ -15,20 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from wsi_ats.benchmarking import machine_info, peak_rss_mib, run_child, summary_row, write_json  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "synth_memory.json"
 SUFFIX = {"tiff": ".tiff", "zarr": ".ome.zarr"}
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _disk_mb(path: Path) -> float:
@@ -42,7 +41,7 @@ def _child(size: int, fmt: str, workers: int, directory: str) -> dict:
 
     from wsi_ats.synth import make_slide
 
-    baseline = _peak_rss_mb()
+    baseline = peak_rss_mib()
     path = Path(directory) / f"bench{SUFFIX[fmt]}"
     start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     scene = make_slide(path, size, positive=True, seed=0, fmt=fmt, workers=workers)
@@ -53,7 +52,7 @@ def _child(size: int, fmt: str, workers: int, directory: str) -> dict:
         "megapixels_per_second": round(scene.shape[0] * scene.shape[1] / 1e6 / seconds, 1),
         # Other work on the machine inflates `seconds`; the 1-minute load average says how much.
         "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)], "cpus": os.cpu_count(),
-        "peak_rss_mb": round(_peak_rss_mb(), 1), "baseline_rss_mb": round(baseline, 1),
+        "peak_rss_mb": peak_rss_mib(), "baseline_rss_mb": baseline,
         "output_mb": round(_disk_mb(path), 1),
     }
     if fmt == "tiff":
@@ -65,14 +64,7 @@ def _child(size: int, fmt: str, workers: int, directory: str) -> dict:
 def measure(size: int, fmt: str = "tiff", workers: int = 1, directory: str | None = None) -> dict:
     """Make one `size` x `size` slide in a fresh Python process and return its figures."""
     with tempfile.TemporaryDirectory(dir=directory, prefix="synth-bench-") as tmp:
-        cmd = [sys.executable, __file__, "--child", "--size", str(size), "--format", fmt,
-               "--workers", str(workers), "--dir", tmp]
-        # This checkout's package first, installed or not.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-        if done.returncode != 0:
-            raise RuntimeError(f"benchmark child failed ({done.returncode}):\n{done.stderr}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return run_child(__file__, ["--child", "--size", size, "--format", fmt, "--workers", workers, "--dir", tmp])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,9 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(_child(args.size, args.format, args.workers, args.dir)))
         return 0
+    info = machine_info()  # before the run: the load average is the other processes'
     report = measure(args.size, args.format, args.workers, args.dir)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    side = f"{report['shape'][0]}^2 {report['format']}"
+    report = {"benchmark": "synth_memory", "machine": info, **report, "summary": [
+        summary_row(f"peak RSS writing a {side} slide (MiB, after imports)",
+                    f"{report['peak_rss_mb']:.0f} ({report['peak_rss_mb'] - report['baseline_rss_mb']:.0f} for the slide)"),
+        summary_row(f"write speed, {report['workers']} workers (megapixels/s)", report["megapixels_per_second"]),
+    ]}  # fmt: skip
+    write_json(args.out, report)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,25 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
+from wsi_ats.benchmarking import cached_slide, machine_info, peak_rss_mib, run_child, summary_row, write_json  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 RECIPE = ROOT / "pipelines" / "synthetic_wsi.toml"
 
 
-def synthetic_slide(size: int, cache: Path) -> Path:
-    """The cached positive synthetic TIFF of ``size`` px per side (written once)."""
-    from wsi_ats.synth import make_slide
-
-    path = cache / f"train-step-{size}.tiff"
-    if not path.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        make_slide(path, size, positive=True, seed=0, workers=os.cpu_count() or 1)
-    return path
-
-
 def measure(path: Path, config: Path, steps: int) -> dict:
     """Runs in a fresh process: time training steps on one slide."""
-    import resource
-
     import torch
     import torch.nn.functional as F
 
@@ -93,32 +81,36 @@ def measure(path: Path, config: Path, steps: int) -> dict:
         "patch_size": model.patch_size,
         "step_seconds": round(statistics.median(step_s), 4),
         "attention_seconds": round(statistics.median(attention_s), 4),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": peak_rss_mib(),
         "load_average": [round(load, 2), round(os.getloadavg()[0], 2)],
     }
 
 
 def run(size: int, steps: int, config: Path, cache: Path) -> dict:
-    rows = []
-    for side in (size, 2 * size):
-        path = synthetic_slide(side, cache)
-        cmd = [sys.executable, __file__, "--child", str(path), "--steps", str(steps), "--config", str(config)]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-        if done.returncode != 0:
-            raise RuntimeError(f"benchmark child failed ({done.returncode}):\n{done.stderr}")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    info = machine_info()  # before the runs: the load average is the other processes'
+    rows = [
+        run_child(__file__, ["--child", cached_slide(side, cache=cache), "--steps", steps, "--config", config])
+        for side in (size, 2 * size)
+    ]
     small, large = rows
+    ratios = {key: round(large[key] / small[key], 3) for key in ("step_seconds", "attention_seconds", "peak_rss_mib")}
     return {
         "benchmark": "train_step",
+        "machine": info,
         "config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
         "cpus": os.cpu_count(),
         "torch_threads": __import__("torch").get_num_threads(),
         "slides": rows,
         "area_ratio": 4.0,
-        "step_time_ratio": round(large["step_seconds"] / small["step_seconds"], 3),
-        "attention_time_ratio": round(large["attention_seconds"] / small["attention_seconds"], 3),
-        "peak_rss_ratio": round(large["peak_rss_mib"] / small["peak_rss_mib"], 3),
+        "step_time_ratio": ratios["step_seconds"],
+        "attention_time_ratio": ratios["attention_seconds"],
+        "peak_rss_ratio": ratios["peak_rss_mib"],
+        "summary": [
+            summary_row(f"training step, {large['slide_shape'][0]}^2 over {small['slide_shape'][0]}^2 (4x area), same n",
+                        f"{ratios['step_seconds']}x ({large['step_seconds']:.3f} / {small['step_seconds']:.3f} s)"),
+            summary_row("of which the whole-level attention pass", f"{ratios['attention_seconds']}x"),
+            summary_row("peak RSS, 4x area", f"{ratios['peak_rss_mib']}x ({large['peak_rss_mib']:.0f} MiB)"),
+        ],  # fmt: skip
     }
 
 
@@ -137,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     size, steps = (2048, 3) if args.quick else (args.size, args.steps)
     out = args.out or (RESULTS / "tmp" / "train_step-quick.json" if args.quick else RESULTS / "train_step.json")
     result = run(size, steps, args.config.resolve(), RESULTS / "tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(f"| slide | low level | tissue cells | step s | attention s | peak RSS MiB |\n|---|---|---|---|---|---|")
     for r in result["slides"]:
         print(f"| {r['slide_shape'][0]}x{r['slide_shape'][1]} | {r['low_level_shape'][0]}x{r['low_level_shape'][1]} | "

@@ -21,7 +21,7 @@ CLASSES = ("negative", "positive")
 def tiny_config(padding: str = "valid", **changes) -> ModelConfig:
     config = ModelConfig(
         attention=NetSpec("small_cnn", (("channels", 4), ("padding", padding))),
-        features=NetSpec("small_cnn", (("channels", 8), ("layers", 1))),
+        features=NetSpec("small_cnn", (("channels", 8), ("layers", 1), ("normalize", False))),
         classifier=NetSpec("linear"),
         low=LevelSpec(downsample=4),
         high=LevelSpec(downsample=1),
@@ -57,6 +57,19 @@ def test_registry_builds_every_builtin_by_name():
     assert torch.allclose(small(x).norm(dim=1), torch.ones(2))
     resnet = build("features", "resnet18", width=8)
     assert resnet(x).shape == (2, 64) == (2, resnet.out_features)
+
+
+def test_running_centre_tracks_the_mean_in_training_and_freezes_it_in_evaluation():
+    from wsi_ats.models.features import RunningCenter
+
+    centre = RunningCenter(3, momentum=0.5).train()
+    first = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    assert torch.allclose(centre(first).mean(dim=0), torch.zeros(3))  # the first batch sets the mean
+    centre(torch.full((2, 3), 4.0))
+    assert torch.allclose(centre.mean, torch.tensor([3.0, 3.0, 3.0]))  # halfway to the new batch
+    centre.eval()
+    assert torch.allclose(centre(torch.zeros(1, 3)), -torch.full((1, 3), 3.0))
+    assert torch.allclose(centre.mean, torch.tensor([3.0, 3.0, 3.0]))
 
 
 def test_registry_errors_say_what_exists():

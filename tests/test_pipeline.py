@@ -271,7 +271,7 @@ def test_a_dask_cluster_gives_the_same_rows_as_this_process(batch, pipeline, tmp
 
     folder, _, rows = batch
     good = [folder / "good_tiff.tiff", folder / "nested" / "good_zarr.ome.zarr"]
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
         remote = pipeline.run_many(good, tmp_path, client=client, verbose=False)
     assert untimed(remote) == untimed([by_id(rows)[sid] for sid in GOOD])
     assert all(sorted(os.listdir(tmp_path / sid)) == sorted(SLIDE_FILES) for sid in GOOD)

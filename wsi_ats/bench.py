@@ -46,9 +46,11 @@ class Benchmark:
 BENCHMARKS = (
     Benchmark("read_region", "tile and patch reads per second, per backend, 1 and 2 threads",
               quick=("--size", "2048", "--reads", "40", "--repeats", "1")),
-    Benchmark("fetch", "fetch_patches against the physical decode limit and naive OpenSlide reads"),
+    Benchmark("fetch", "fetch_patches against the physical decode limit and naive OpenSlide reads",
+              quick=("--quick", "--size", "4096")),
     Benchmark("synth_memory", "peak RSS and time of writing one synthetic slide", quick=("--size", "2048")),
-    Benchmark("train_step", "training-step time for the same n on a slide and a 4x larger one"),
+    Benchmark("train_step", "training-step time for the same n on a slide and a 4x larger one",
+              quick=("--size", "1024", "--steps", "1")),
     Benchmark("ats_vs_dense", "ATS against dense tiling + gated-attention MIL: accuracy, time, patches, RSS"),
     Benchmark("flat_memory", "ATS inference peak RSS and time on a 20k and a 200k slide of the same tissue"),
     Benchmark("scaling", "batch prediction throughput against the number of workers"),

@@ -11,13 +11,14 @@ synthetic slides and other regenerable inputs in ``benchmarks/results/tmp/`` (gi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -144,11 +145,29 @@ def run_child(script: str | Path, args: Sequence[str]) -> dict[str, Any]:
 # -- cached inputs ---------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def building(path: Path) -> Iterator[Path]:
+    """A private place to build the cache entry ``path`` (file or folder), moved to ``path`` once complete.
+
+    Concurrent runs (two test sessions, say) then never read or clobber a half-written
+    entry: each builds its own and the first to finish wins.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        part = Path(tmp) / path.name
+        yield part
+        try:
+            os.rename(part, path)
+        except OSError:
+            if not path.exists():
+                raise
+
+
 def cached_slide(size: int, *, seed: int = 0, positive: bool = True, fmt: str = "tiff", cache: Path = CACHE) -> Path:
     """The synthetic slide (`wsi_ats.synth.make_slide`) of ``size`` px per side, written once into ``cache``.
 
     Named by everything that sets its pixels, so every benchmark that asks for the same
-    slide shares one file; the writer renames into place, so an interrupted run leaves none.
+    slide shares one file.
     """
     from wsi_ats.synth import make_slide
 
@@ -156,21 +175,24 @@ def cached_slide(size: int, *, seed: int = 0, positive: bool = True, fmt: str = 
     path = cache / f"synth-{size}-seed{seed}{'' if positive else '-negative'}{suffix}"
     if not path.exists():
         print(f"writing {path} (once) ...", file=sys.stderr)
-        cache.mkdir(parents=True, exist_ok=True)
-        make_slide(path, size, positive=positive, seed=seed, fmt=fmt, workers=os.cpu_count() or 1)
+        with building(path) as part:
+            make_slide(part, size, positive=positive, seed=seed, fmt=fmt, workers=os.cpu_count() or 1)
     return path
 
 
 def cached_cohort(n: int, size: int, *, seed: int = 0, cache: Path = CACHE) -> Path:
-    """``manifest.csv`` of a synthetic TIFF cohort (`wsi_ats.synth.make_cohort`), written once into ``cache``."""
+    """``manifest.csv`` of a synthetic TIFF cohort (`wsi_ats.synth.make_cohort`), written once into ``cache``.
+
+    The manifest's paths are relative to its folder, so the finished folder can be moved into place.
+    """
     from wsi_ats.synth import make_cohort
 
     folder = cache / f"cohort-n{n}-{size}-seed{seed}"
-    manifest = folder / "manifest.csv"
-    if not manifest.exists():  # make_cohort writes the manifest last
+    if not folder.exists():
         print(f"writing {folder} (once) ...", file=sys.stderr)
-        make_cohort(folder, n=n, size=size, formats=("tiff",), seed=seed, progress=False)
-    return manifest
+        with building(folder) as part:
+            make_cohort(part, n=n, size=size, formats=("tiff",), seed=seed, progress=False)
+    return folder / "manifest.csv"
 
 
 # -- outputs ---------------------------------------------------------------------------------------

@@ -308,8 +308,8 @@ class _LiveTiles:
 
     Holding only the tiles that patches still need keeps a task's memory to a
     few tile rows, and lets the allocator hand freed (already mapped) tile
-    buffers to the next decode instead of faulting in fresh pages: measured
-    ~1.5x faster than decoding a whole group before assembling it.
+    buffers to the next decode instead of faulting in fresh pages (about a
+    fifth less CPU than decoding the whole group first; module docstring).
     """
 
     def __init__(self, slide: Slide, level: int, uses: Counter[Tile], exports: set[Tile]) -> None:

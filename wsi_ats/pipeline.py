@@ -3,10 +3,11 @@
 The work on one slide is one pure function, `predict_one`: open, predict, render the
 output files in memory, and return them (or the error) as a `SlideOutcome`. It never
 raises for a bad slide and never touches ``OUT``, so it runs the same in this process or
-as a dask task. `Pipeline.run_many` writes each outcome as it arrives: the slide's
-folder first, then its CSV row, so a row that says ``ok`` always has its files, and the
-CSV (rewritten atomically after every slide, less often once it is huge) survives
-``kill -9`` whole. A rerun skips slides already done and retries the rest.
+as a dask task (`wsi_ats.cluster` feeds those to a cluster: one per slide, run again on
+another worker when its worker dies). `Pipeline.run_many` writes each outcome as it
+arrives: the slide's folder first, then its CSV row, so a row that says ``ok`` always
+has its files, and the CSV (rewritten atomically after every slide, less often once it
+is huge) survives ``kill -9`` whole. A rerun skips slides already done and retries the rest.
 
 Each slide's sampling seed is a hash of ``(seed, slide_id)``: results do not depend
 on the order of the batch, on which worker ran the slide, or on what else was in it.
@@ -19,8 +20,7 @@ import hashlib
 import os
 import sys
 import time
-import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,7 +141,11 @@ def predict_one(
 
 
 class Pipeline:
-    """A trained model applied to slides: `run` for one, `run_many` for a batch into an output folder."""
+    """A trained model applied to slides: `run` for one, `run_many` for a batch into an output folder.
+
+    ``predict_fn`` is the per-slide work of `run_many` (default `predict_one`, whose
+    signature a replacement keeps): wrap it to add logging or checks around each slide.
+    """
 
     def __init__(
         self,
@@ -150,12 +154,14 @@ class Pipeline:
         seed: int = 0,
         topk: bool = False,
         draws: int = 1,
+        predict_fn: Callable[..., SlideOutcome] = predict_one,
     ) -> None:
         if draws < 1:
             raise ValueError(f"draws must be at least 1, got {draws}")
         self.model_path = os.path.abspath(model_path)
         self.device = device
         self.seed, self.topk, self.draws = int(seed), bool(topk), int(draws)
+        self.predict_fn = predict_fn  # what run_many does per slide; `predict_one`'s signature
         self.model = load_model(self.model_path, device)  # fail now, not on the first slide
 
     def run(self, source: "Source | Slide | np.ndarray", slide_id: str | None = None) -> SlideResult:
@@ -252,27 +258,25 @@ class Pipeline:
         )
 
     def _outcomes(self, todo: list[SlideSource], client: Any) -> Iterator[SlideOutcome]:
-        """Outcomes in this process, in order; or from dask tasks, as they complete."""
+        """Outcomes in this process, in order; or from dask tasks (`wsi_ats.cluster`), as they complete."""
         options = dict(topk=self.topk, draws=self.draws)
         if client is None:
             for s in todo:
-                yield predict_one(self.model, s.path, s.slide_id, self.seed, **options)
+                yield self.predict_fn(self.model, s.path, s.slide_id, self.seed, **options)
             return
-        from distributed import as_completed
+        from distributed import KilledWorker
 
-        run = uuid.uuid4().hex[:8]
-        futures = {
-            client.submit(
-                predict_one, self.model_path, s.path, s.slide_id, self.seed,
-                device=self.device, key=f"wsi-ats-predict-{s.slide_id}-{run}", pure=False, **options,
-            ): s
-            for s in todo
-        }  # fmt: skip
-        for future in as_completed(futures):
-            s = futures.pop(future)
+        from wsi_ats.cluster import killed_worker_error, map_completed
+
+        jobs = [(s.slide_id, (self.model_path, s.path, s.slide_id, self.seed)) for s in todo]
+        tasks = map_completed(client, self.predict_fn, jobs, name="wsi-ats-predict", device=self.device, **options)
+        for index, future in tasks:
+            s = todo[index]
             try:
                 yield future.result()
-            except Exception as err:  # noqa: BLE001 - the task itself died (worker lost, ...)
+            except KilledWorker as err:  # the slide crashed every worker it was given
+                yield SlideOutcome(s.slide_id, s.path, 0.0, error=killed_worker_error(err))
+            except Exception as err:  # noqa: BLE001 - the task itself failed (lost data, unpicklable, ...)
                 yield SlideOutcome(s.slide_id, s.path, 0.0, error=describe_error(err, s.path))
             finally:
                 future.release()

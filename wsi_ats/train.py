@@ -67,7 +67,7 @@ def train(
 
     torch.manual_seed(seed)
     model = ATSModel.from_config(cfg.model, class_names).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = _optimizer(model, cfg.train)
     identity = _run_identity(cfg, seed, splits)
     history = _resume(out / "last.pt", model, optimizer, identity)
 
@@ -84,7 +84,7 @@ def train(
         record["seconds"] = round(time.perf_counter() - epoch_start, 3)
         history.append(record)
         if progress:
-            tqdm.write(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            tqdm.write(_epoch_line(record, epochs))
         save_checkpoint(out / "last.pt", model, metadata=identity, training={"optimizer": optimizer.state_dict(), "history": history})
 
     held_out = "test" if splits["test"] else "val"
@@ -248,6 +248,31 @@ def _overlaps(top_left: np.ndarray, size: float, boxes: np.ndarray) -> np.ndarra
     y, x = top_left[:, :1], top_left[:, 1:]
     hit = (y < boxes[:, 2]) & (y + size > boxes[:, 0]) & (x < boxes[:, 3]) & (x + size > boxes[:, 1])
     return hit.any(axis=1)
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    line = f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.3f} acc {record['accuracy']:.2f}"
+    if "val_accuracy" in record:
+        line += f" | val loss {record['val_loss']:.3f} acc {record['val_accuracy']:.2f}"
+    if "val_patches_on_truth" in record:
+        line += f", patches on lesions/mimics {record['val_patches_on_truth']:.0%} (x{record['val_concentration']:.1f} uniform)"
+    return line + f" | {record['seconds']:.1f} s"
+
+
+def _optimizer(model: ATSModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam; the attention net in its own group, with its own learning rate and no weight decay.
+
+    Weight decay bounds the classifier's margin, so the loss (and with it the attention's
+    gradient) never vanishes; decaying the attention net itself would only flatten it.
+    """
+    attention = list(model.attention_net.parameters())
+    ids = {id(p) for p in attention}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups = [
+        {"params": rest, "weight_decay": cfg.weight_decay},
+        {"params": attention, "lr": cfg.attention_lr or cfg.lr, "weight_decay": 0.0},
+    ]
+    return torch.optim.Adam(groups, lr=cfg.lr)
 
 
 def _derive(seed: int, *keys: int) -> int:

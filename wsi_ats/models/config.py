@@ -108,6 +108,11 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation: Adam with gradient clipping, ``batch_size`` slides per step (accumulated).
 
+    ``attention_lr`` (default: ``lr``) is the attention net's own learning rate: its gradient
+    lives only while the loss is not yet zero, and the feature net and classifier can drive
+    the loss down by themselves from diluted evidence; a faster attention finds the
+    informative cells within that window.
+
     Without a ``split`` column in the manifest, ``val_fraction`` and ``test_fraction`` of each
     class are held out by a seeded split. Evaluation averages ``eval_draws`` Monte-Carlo draws,
     or takes the top-``n_patches`` cells when ``eval_topk``.
@@ -115,6 +120,7 @@ class TrainConfig:
 
     epochs: int = 10
     lr: float = 1e-3
+    attention_lr: float | None = None
     weight_decay: float = 0.0
     clip_grad_norm: float = 1.0
     batch_size: int = 1
@@ -131,8 +137,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum below 1")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not self.lr > 0 or (self.attention_lr is not None and not self.attention_lr > 0):
+            raise ValueError(f"lr and attention_lr must be positive, got {self.lr} and {self.attention_lr}")
 
 
 @dataclass(frozen=True)

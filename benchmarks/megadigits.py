@@ -1,0 +1,162 @@
+"""megadigits benchmark: the ATS paper's megaNIST experiment, scaled to 2 CPU cores.
+
+Trains attention sampling (with the attention's ink prior, and with the paper's plain
+attention net) and two dense CNNs (low-resolution view only; full-resolution canvas) the
+same way, then reports test error and the per-sample cost of a training step
+(forward + backward: wall time, and the activation memory autograd saves), plus that cost
+at larger canvases up to the paper's 1500^2 (untrained models: cost does not depend on
+the weights). Claim under test: ATS matches the full-resolution model's error with an order
+of magnitude less time and memory.
+
+    python benchmarks/megadigits.py [--quick] [--config pipelines/megadigits.toml] [--out FILE.json]
+
+Writes ``benchmarks/results/megadigits.json`` and ``.png`` beside it (``--quick``:
+``benchmarks/results/tmp/megadigits-quick.*``, so a smoke run never overwrites the real
+figures) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from wsi_ats.benchmarking import (  # noqa: E402
+    CACHE,
+    RESULTS,
+    figure,
+    machine_info,
+    machine_line,
+    save_figure,
+    summary_row,
+    write_json,
+)
+from wsi_ats.megadigits_train import MODELS, cost_at_canvas, load_recipe, run_experiment  # noqa: E402
+
+LABELS = {"ats": "ATS", "ats_plain": "ATS, plain attention", "low": "CNN low-res", "full": "CNN full-res"}
+COLOURS = {"ats": "tab:green", "ats_plain": "tab:olive", "low": "tab:grey", "full": "tab:blue"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="megadigits", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (< 60 s): a smoke test")
+    parser.add_argument("--config", type=Path, default=ROOT / "pipelines" / "megadigits.toml")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/megadigits.json)")
+    args = parser.parse_args(argv)
+    out = args.out or (CACHE / "megadigits-quick.json" if args.quick else RESULTS / "megadigits.json")
+
+    recipe = load_recipe(args.config, quick=args.quick)
+    started, info = time.perf_counter(), machine_info()  # the load average before the run
+    results = run_experiment(recipe, log=lambda line: print(line, flush=True))
+    scaling = {
+        str(canvas): {name: cost_at_canvas(name, canvas, recipe) for name in ("ats", "full")}
+        for canvas in recipe.cost_canvases
+    }
+    report = {
+        "benchmark": "megadigits",
+        "mode": "quick" if args.quick else "default",
+        "config": str(args.config),
+        "seed": recipe.seed,
+        "recipe": asdict(recipe),
+        "machine": {**info, "torch_threads": torch.get_num_threads(),
+                    "load_average_after": [round(v, 2) for v in os.getloadavg()]},
+        "wall_seconds": time.perf_counter() - started,
+        "models": results["models"],
+        "data_seconds": results["data_seconds"],
+        "cost_vs_canvas": scaling,
+    }
+    report["summary"] = summary(report)
+    write_json(out, report)
+    _plot(report, out.with_suffix(".png"))
+    print(markdown(report))
+    print(f"\nwritten: {out}, {out.with_suffix('.png')}")
+    return 0
+
+
+def summary(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Headline rows for the results README: errors, and full-res over ATS cost at the largest canvas."""
+    models = report["models"]
+    canvas = max(report["cost_vs_canvas"], key=int)
+    ats, full = report["cost_vs_canvas"][canvas]["ats"], report["cost_vs_canvas"][canvas]["full"]
+    return [
+        summary_row("test error: ATS / CNN full-res / CNN low-res / ATS with plain attention",
+                    " / ".join(f"{models[name]['test_error']:.3f}" for name in ("ats", "full", "low", "ats_plain")),
+                    "ATS <= full-res + 0.02", models["ats"]["test_error"] <= models["full"]["test_error"] + 0.02),
+        summary_row(f"full-res / ATS time per sample, {canvas}^2 canvas (wall; CPU)",
+                    f"{full['seconds'] / ats['seconds']:.1f}x; {full['cpu_seconds'] / ats['cpu_seconds']:.1f}x",
+                    ">= 10x", full["seconds"] / ats["seconds"] >= 10),
+        summary_row(f"full-res / ATS activation memory per sample, {canvas}^2 canvas",
+                    f"{full['activation_mib'] / ats['activation_mib']:.1f}x", ">= 10x",
+                    full["activation_mib"] / ats["activation_mib"] >= 10),
+    ]  # fmt: skip
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The results as a markdown table (one row per model), then the cost-vs-canvas table."""
+    lines = [
+        "| model | test error | train error | ms / sample (fwd+bwd) | CPU ms / sample "
+        "| activation MiB / sample | pixels read / sample | training s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in MODELS:
+        row = report["models"][name]
+        lines.append(
+            f"| {LABELS[name]} | {row['test_error']:.3f} | {row['train_error']:.3f} "
+            f"| {1000 * row['seconds_per_sample']:.2f} | {1000 * row['cpu_seconds_per_sample']:.2f} "
+            f"| {row['activation_mib_per_sample']:.2f} "
+            f"| {row['pixels_per_sample']:,} | {row['train_seconds']:.0f} |"
+        )
+    lines += ["", "| canvas | ATS ms | full ms | ATS MiB | full MiB | time ratio (wall) | time ratio (CPU) "
+              "| memory ratio |", "|---|---|---|---|---|---|---|---|"]
+    for canvas, costs in report["cost_vs_canvas"].items():
+        ats, full = costs["ats"], costs["full"]
+        lines.append(
+            f"| {canvas}^2 | {1000 * ats['seconds']:.2f} | {1000 * full['seconds']:.2f} "
+            f"| {ats['activation_mib']:.2f} | {full['activation_mib']:.2f} "
+            f"| {full['seconds'] / ats['seconds']:.1f}x | {full['cpu_seconds'] / ats['cpu_seconds']:.1f}x "
+            f"| {full['activation_mib'] / ats['activation_mib']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    names = list(MODELS)
+    rows = [report["models"][name] for name in names]
+    panels = [
+        ("test error", [r["test_error"] for r in rows]),
+        ("ms / sample (train step)", [1000 * r["seconds_per_sample"] for r in rows]),
+        ("activation MiB / sample", [r["activation_mib_per_sample"] for r in rows]),
+    ]
+    fig, axes = figure(4, width=4.2, height=3.8)
+    for ax, (title, values) in zip(axes, panels):
+        ax.bar([LABELS[n] for n in names], values, color=[COLOURS[n] for n in names])
+        ax.set_title(title)
+        ax.tick_params(axis="x", labelrotation=25)
+    canvases = [int(c) for c in report["cost_vs_canvas"]]
+    for name in ("ats", "full"):
+        seconds = [1000 * report["cost_vs_canvas"][str(c)][name]["seconds"] for c in canvases]
+        axes[3].plot(canvases, seconds, "o-", color=COLOURS[name], label=LABELS[name])
+    axes[3].set(title="ms / sample vs canvas edge", xlabel="canvas edge (px)", yscale="log")
+    axes[3].legend()
+    recipe = report["recipe"]
+    fig.suptitle(
+        f"megadigits ({report['mode']}): {recipe['dataset']['canvas']}^2 canvas, "
+        f"{recipe['n_train']} train / {recipe['n_test']} test, {recipe['train']['epochs']} epochs, "
+        f"seed {report['seed']}; {machine_line(report['machine'])}",
+        fontsize=9,
+    )
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

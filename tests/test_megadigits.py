@@ -1,0 +1,147 @@
+"""megadigits: canvases of real sklearn digits (the paper's megaNIST) and ATS training on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from wsi_ats.megadigits import MegaDigitsConfig, digit_pool, make_megadigits
+from wsi_ats.megadigits_train import (
+    TrainConfig,
+    build_model,
+    cost_per_sample,
+    fit,
+    load_recipe,
+)
+
+RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "megadigits.toml"
+SMALL = MegaDigitsConfig(canvas=160, digit_size=16, n_noise=4, low_scale=0.25)
+
+
+def test_same_seed_gives_identical_canvases_and_another_seed_does_not():
+    first = make_megadigits(3, seed=7, config=SMALL)
+    again = make_megadigits(3, seed=7, config=SMALL)
+    other = make_megadigits(3, seed=8, config=SMALL)
+    np.testing.assert_array_equal(first.high, again.high)
+    np.testing.assert_array_equal(first.low, again.low)
+    np.testing.assert_array_equal(first.digit_top_left, again.digit_top_left)
+    assert not np.array_equal(first.high, other.high)
+
+
+def test_label_is_the_class_drawn_three_times_and_the_two_others_differ_from_it():
+    data = make_megadigits(40, seed=1, config=SMALL)
+    assert data.digit_classes.shape == (40, 5)
+    for label, classes in zip(data.labels, data.digit_classes):
+        assert (classes == label).sum() == 3
+        assert (classes[3:] != label).all()
+    assert set(data.labels.tolist()) > {0, 9}  # all ten classes are in play
+
+
+def test_each_digit_box_holds_its_sklearn_scan():
+    scans = load_digits()
+    data = make_megadigits(6, seed=2, config=SMALL)
+    size = SMALL.digit_size
+    for canvas, sources, corners, classes in zip(
+        data.high, data.digit_sources, data.digit_top_left, data.digit_classes
+    ):
+        for source, (y, x), digit_class in zip(sources, corners, classes):
+            crop = canvas[y : y + size, x : x + size]
+            shrunk = np.asarray(Image.fromarray(crop).resize((8, 8), Image.Resampling.BOX), float)
+            correlation = np.corrcoef(shrunk.ravel(), scans.images[source].ravel())[0, 1]
+            assert correlation > 0.95
+            assert scans.target[source] == digit_class
+
+
+def test_ink_outside_the_digits_comes_only_from_the_scribbles():
+    quiet = make_megadigits(4, seed=3, config=MegaDigitsConfig(**{**vars(SMALL), "n_noise": 0}))
+    noisy = make_megadigits(4, seed=3, config=SMALL)
+
+    def ink_outside_digits(data):
+        outside = np.ones(data.high.shape, bool)
+        for i, corners in enumerate(data.digit_top_left):
+            for y, x in corners:
+                outside[i, y : y + SMALL.digit_size, x : x + SMALL.digit_size] = False
+        return data.high[outside].astype(int).sum()
+
+    assert ink_outside_digits(quiet) == 0
+    assert ink_outside_digits(noisy) > 0
+
+
+def test_train_and_test_canvases_use_disjoint_scans():
+    assert not set(digit_pool("train")) & set(digit_pool("test"))
+    train = make_megadigits(30, split="train", seed=0, config=SMALL)
+    test = make_megadigits(30, split="test", seed=0, config=SMALL)
+    assert set(train.digit_sources.ravel()) <= set(digit_pool("train"))
+    assert set(test.digit_sources.ravel()) <= set(digit_pool("test"))
+
+
+def test_low_view_is_the_canvas_at_low_scale_and_shows_the_digits():
+    data = make_megadigits(4, seed=4, config=SMALL)
+    assert data.low.shape == (4, 40, 40)
+    scale = SMALL.low_size / SMALL.canvas
+    on_digits, everywhere = [], data.low.mean()
+    for low, corners in zip(data.low, data.digit_top_left):
+        for y, x in (corners * scale).astype(int):
+            on_digits.append(low[y : y + 4, x : x + 4].mean())
+    assert np.mean(on_digits) > 5 * everywhere
+
+
+def test_a_canvas_too_small_for_its_digits_is_rejected():
+    with pytest.raises(ValueError, match="too small"):
+        MegaDigitsConfig(canvas=40, digit_size=16)
+    with pytest.raises(ValueError, match="split"):
+        make_megadigits(1, split="validation", config=SMALL)
+
+
+TINY = MegaDigitsConfig(canvas=96, digit_size=16, n_noise=2, low_scale=0.25)
+TINY_TRAIN = TrainConfig(epochs=30, batch_size=8, lr=3e-3, n_patches=8, patch_size=32, width=16)
+
+
+def test_one_ats_backward_pass_reaches_the_attention_net_and_the_feature_net():
+    data = make_megadigits(8, seed=0, config=TINY)
+    model = build_model("ats", TINY_TRAIN, seed=0)
+    low = torch.from_numpy(data.low).unsqueeze(1).float() / 255
+    high = torch.from_numpy(data.high).unsqueeze(1)
+    logits, attention = model(low, high, torch.Generator().manual_seed(0))
+    assert logits.shape == (8, 10) and attention.shape == (8, 24, 24)
+    torch.nn.functional.cross_entropy(logits, torch.from_numpy(data.labels)).backward()
+    for net in (model.attention.net, model.features):
+        grads = [p.grad for p in net.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_a_few_ats_training_steps_lower_the_loss():
+    data = make_megadigits(8, seed=0, config=TINY)
+    history = fit(build_model("ats", TINY_TRAIN, seed=0), data, TINY_TRAIN, seed=0)
+    assert np.mean(history[-5:]) < np.mean(history[:5]) - 0.15
+
+
+def test_ats_step_saves_less_activation_memory_than_the_full_resolution_cnn():
+    data = make_megadigits(4, seed=6, config=MegaDigitsConfig(canvas=300, n_noise=2))
+    cfg = TrainConfig(batch_size=4, n_patches=4, patch_size=50, width=16)
+    ats = cost_per_sample(build_model("ats", cfg, seed=0), data, cfg, repeats=1)
+    full = cost_per_sample(build_model("full", cfg, seed=0), data, cfg, repeats=1)
+    assert 0 < ats.activation_bytes < full.activation_bytes / 3
+    assert ats.seconds > 0 and full.seconds > 0
+
+
+def test_recipe_quick_table_overrides_the_default_sizes():
+    default = load_recipe(RECIPE)
+    quick = load_recipe(RECIPE, quick=True)
+    assert default.dataset.canvas > quick.dataset.canvas
+    assert default.n_train > quick.n_train
+    assert default.train.n_patches == 10 and default.train.patch_size == 50
+    assert default.dataset.low_scale == 0.12 and default.train.entropy == 1e-4
+
+
+def test_recipe_with_an_unknown_key_names_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepoch = 3\n")
+    with pytest.raises(ValueError, match="bad.toml.*epoch"):
+        load_recipe(bad)
