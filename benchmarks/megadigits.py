@@ -8,7 +8,7 @@ at larger canvases up to the paper's 1500^2 (untrained models: cost does not dep
 the weights). Claim under test: ATS matches the full-resolution model's error with an order
 of magnitude less time and memory.
 
-    python benchmarks/megadigits.py [--quick] [--config pipelines/megadigits.toml] [--out FILE.json]
+    python benchmarks/megadigits.py [--quick] [--config pipelines/megadigits.toml] [--out FILE.json] [--threads N]
 
 Writes ``benchmarks/results/megadigits.json`` and ``.png`` beside it (``--quick``:
 ``benchmarks/results/tmp/megadigits-quick.*``, so a smoke run never overwrites the real
@@ -52,7 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (< 60 s): a smoke test")
     parser.add_argument("--config", type=Path, default=ROOT / "pipelines" / "megadigits.toml")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/megadigits.json)")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads (default: torch's own, one per core); 1 is faster on a busy machine",
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = args.out or (CACHE / "megadigits-quick.json" if args.quick else RESULTS / "megadigits.json")
 
     recipe = load_recipe(args.config, quick=args.quick)
@@ -152,7 +158,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     fig.suptitle(
         f"megadigits ({report['mode']}): {recipe['dataset']['canvas']}^2 canvas, "
         f"{recipe['n_train']} train / {recipe['n_test']} test, {recipe['train']['epochs']} epochs, "
-        f"seed {report['seed']}; {machine_line(report['machine'])}",
+        f"seed {report['seed']}; {machine_line(report['machine'])}, torch threads {report['machine']['torch_threads']}",
         fontsize=9,
     )
     save_figure(fig, path)

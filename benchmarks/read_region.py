@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "results": rows,
         "summary": [
-            summary_row(f"{mode}s per second, 2 threads ({args.size}^2 slide)",
+            summary_row(f"{mode} reads per second, 2 threads ({args.size}^2 slide)",
                         ", ".join(f"{name} {per_s[mode, name]:.0f}" for name in slides))
             for mode in ("patch", "tile")
         ],  # fmt: skip

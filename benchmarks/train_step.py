@@ -9,6 +9,8 @@ fresh process builds the recipe's model (seeded), plans the slide and caches its
 low level, sampling, `fetch_patches`, features, backward, Adam) after two warm-up steps, and
 separately the attention part alone (whole-level logits, softmax, backward) to show which part
 grows with the slide. Reports medians, their large/small ratio, and each process's peak RSS.
+On a shared machine, pass ``--threads 1``: OpenMP threads that wait for a descheduled peer
+make two-thread timings several times slower and erratic.
 Writes ``benchmarks/results/train_step.json`` (``--quick``: 2048/4096-px slides, 3 steps,
 ``benchmarks/results/tmp/train_step-quick.json``).
 """
@@ -33,10 +35,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 RECIPE = ROOT / "pipelines" / "synthetic_wsi.toml"
 
 
-def measure(path: Path, config: Path, steps: int) -> dict:
+def measure(path: Path, config: Path, steps: int, threads: int | None = None) -> dict:
     """Runs in a fresh process: time training steps on one slide."""
     import torch
     import torch.nn.functional as F
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from wsi_ats.models import ATSModel, load_config
     from wsi_ats.readers import open_slide
@@ -82,14 +87,16 @@ def measure(path: Path, config: Path, steps: int) -> dict:
         "step_seconds": round(statistics.median(step_s), 4),
         "attention_seconds": round(statistics.median(attention_s), 4),
         "peak_rss_mib": peak_rss_mib(),
+        "torch_threads": torch.get_num_threads(),
         "load_average": [round(load, 2), round(os.getloadavg()[0], 2)],
     }
 
 
-def run(size: int, steps: int, config: Path, cache: Path) -> dict:
+def run(size: int, steps: int, config: Path, cache: Path, threads: int | None = None) -> dict:
     info = machine_info()  # before the runs: the load average is the other processes'
+    extra = ["--threads", threads] if threads else []
     rows = [
-        run_child(__file__, ["--child", cached_slide(side, cache=cache), "--steps", steps, "--config", config])
+        run_child(__file__, ["--child", cached_slide(side, cache=cache), "--steps", steps, "--config", config, *extra])
         for side in (size, 2 * size)
     ]
     small, large = rows
@@ -99,7 +106,6 @@ def run(size: int, steps: int, config: Path, cache: Path) -> dict:
         "machine": info,
         "config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
         "cpus": os.cpu_count(),
-        "torch_threads": __import__("torch").get_num_threads(),
         "slides": rows,
         "area_ratio": 4.0,
         "step_time_ratio": ratios["step_seconds"],
@@ -120,15 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=8192, help="side of the small slide (the large one is twice that)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--config", type=Path, default=RECIPE)
+    p.add_argument("--threads", type=int, default=None, help="torch threads in the measuring process (default: torch's)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(measure(args.child, args.config, args.steps)))
+        print(json.dumps(measure(args.child, args.config, args.steps, args.threads)))
         return 0
     size, steps = (2048, 3) if args.quick else (args.size, args.steps)
     out = args.out or (RESULTS / "tmp" / "train_step-quick.json" if args.quick else RESULTS / "train_step.json")
-    result = run(size, steps, args.config.resolve(), RESULTS / "tmp")
+    result = run(size, steps, args.config.resolve(), RESULTS / "tmp", args.threads)
     write_json(out, result)
     print(f"| slide | low level | tissue cells | step s | attention s | peak RSS MiB |\n|---|---|---|---|---|---|")
     for r in result["slides"]:

@@ -6,6 +6,7 @@ pipeline tests and the CLI tests (separate modules) share one training run.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,14 @@ COHORT = {"n": 4, "size": 1024, "formats": ("tiff", "zarr"), "seed": 0}
 #: What the bad inputs of `mixed_folder` are called, and the good ones.
 BAD_FILES = ("truncated", "text", "empty")
 GOOD = ("good_tiff", "good_zarr")
+#: Generous: a CLI run imports torch, loads the model and predicts a few tiny slides.
+TIMEOUT = 180
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of the CLI: this repository importable whether or not it is installed."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
 
 
 def trained_model(base: Path) -> tuple[Path, Path]:

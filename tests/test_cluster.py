@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from predict_data import cohort_slides, trained_model
-from test_predict_cli import cli_env
+from predict_data import cli_env, cohort_slides, trained_model
 
 from wsi_ats.cluster import (
     Layout,

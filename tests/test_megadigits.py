@@ -19,6 +19,16 @@ from wsi_ats.megadigits_train import (
     load_recipe,
 )
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tensors here are tiny: a second thread only adds synchronisation (and on a busy
+    machine spinning threads slow the training test several-fold)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "megadigits.toml"
 SMALL = MegaDigitsConfig(canvas=160, digit_size=16, n_noise=4, low_scale=0.25)
 
@@ -114,6 +124,26 @@ def test_one_ats_backward_pass_reaches_the_attention_net_and_the_feature_net():
         grads = [p.grad for p in net.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
         assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_ink_prior_puts_the_untrained_attention_on_the_digits():
+    data = make_megadigits(8, seed=1, config=SMALL)
+    low = torch.from_numpy(data.low).unsqueeze(1).float() / 255
+    cell = SMALL.canvas / SMALL.low_size  # canvas pixels per attention cell
+    side = int(SMALL.digit_size / cell)
+    on_digits = np.zeros(data.low.shape, bool)
+    for i, corners in enumerate(data.digit_top_left):
+        for y, x in (corners / cell).astype(int):
+            on_digits[i, y : y + side, x : x + side] = True
+    uniform = on_digits.mean()
+
+    def mass(name):
+        with torch.no_grad():
+            attention = build_model(name, TINY_TRAIN, seed=0).attention(low).numpy()
+        return attention[on_digits].sum() / len(data)
+
+    assert mass("ats_plain") == pytest.approx(uniform, rel=0.2)
+    assert mass("ats") > 3 * uniform
 
 
 def test_a_few_ats_training_steps_lower_the_loss():

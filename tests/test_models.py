@@ -115,6 +115,16 @@ def test_tiled_logits_equal_whole_level_logits(slide, padding):
     torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
 
 
+def test_tissue_cells_are_exactly_the_cells_centred_on_tissue(slide):
+    plan = tiny_model(tile=7).plan(slide)  # odd tile: tile edges fall inside mask pixels
+    grid = plan.grid
+    brute = plan.tissue.at(grid.cell_centres(0, grid.shape[0]), grid.cell_centres(0, grid.shape[1]))
+    found = np.zeros(grid.shape, bool)
+    found[plan.cells.coords[:, 0], plan.cells.coords[:, 1]] = True
+    np.testing.assert_array_equal(found, brute)
+    assert len(np.unique(plan.cells.coords, axis=0)) == len(plan.cells)
+
+
 def test_background_never_gets_attention(slide):
     result = tiny_model().predict_slide(slide, seed=0)
     plan = tiny_model().plan(slide)

@@ -9,12 +9,10 @@ import sys
 import time
 
 import pytest
-from predict_data import REPO, copy_slide, cohort_slides, mixed_folder, trained_model
+from predict_data import TIMEOUT, cli_env, copy_slide, cohort_slides, mixed_folder, trained_model
 
 from wsi_ats.outputs import SLIDE_FILES, read_predictions
 
-#: Generous: a CLI run imports torch, loads the model and predicts a few tiny slides.
-TIMEOUT = 180
 #: Slides of the killed batch: after the first row, the others take seconds; the kill takes 10 ms.
 N_KILLED = 5
 
@@ -22,12 +20,6 @@ N_KILLED = 5
 @pytest.fixture(scope="session")
 def model_and_manifest(tmp_path_factory):
     return trained_model(tmp_path_factory.getbasetemp())
-
-
-def cli_env() -> dict[str, str]:
-    """The environment of the CLI: this repository importable whether or not it is installed."""
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
 
 
 def predict_args(model, *inputs, out) -> list[str]:

@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from predict_data import cohort_slides, trained_model
-from test_predict_cli import TIMEOUT, cli_env
+from predict_data import TIMEOUT, cli_env, cohort_slides, trained_model
 
 from wsi_ats.cluster import session
 from wsi_ats.outputs import TIMING_COLUMNS, read_predictions

@@ -38,12 +38,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from wsi_ats.manifest import ManifestError
     from wsi_ats.train import train
 
     try:
         metrics = train(args.manifest, args.config, args.out, seed=args.seed, epochs=args.epochs, device=args.device)
-    except (ManifestError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # bad manifest, recipe, checkpoint or resume: all ValueErrors
         print(f"wsi-ats train: {err}", file=sys.stderr)
         return EXIT_USAGE
     test = metrics.get("test", {})

@@ -47,7 +47,7 @@ RETRIES = 2
 GPU = "GPU"
 #: Memory budget of one local worker process (torch, the model, one slide's buffers).
 GIB_PER_WORKER = 2.0
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "DASK_NUM_WORKERS")
 _HOST_PORT = re.compile(r"^[\w.\-]+:\d+$|^\[[0-9a-fA-F:]+\]:\d+$")
 
 

@@ -125,7 +125,7 @@ def fetch_patches(
     """``(n, ph, pw, 3) uint8`` patches at ``top_left`` (``(n, 2)`` ints, ``(y, x)`` in ``level`` pixels).
 
     Parts outside the slide are zero. Runs on the threaded scheduler with
-    ``num_workers`` threads (default: all cores), or on ``client`` when given;
+    ``num_workers`` threads (default: dask's ``num_workers`` setting, else all cores), or on ``client`` when given;
     ``tasks_per_worker`` defaults to `TASKS_PER_THREAD` or `TASKS_PER_DISTRIBUTED_WORKER`.
     """
     patches, _ = fetch_patches_with_stats(
@@ -263,7 +263,10 @@ def _worker_count(client: Any, num_workers: int | None) -> int:
         return max(1, sum(client.nthreads().values()))
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"num_workers must be at least 1, got {num_workers}")
-    return num_workers or os.cpu_count() or 1
+    import dask
+
+    # dask's own setting first: a cluster worker sets it to its share of the cores.
+    return num_workers or dask.config.get("num_workers", None) or os.cpu_count() or 1
 
 
 def _graph(slide: Slide, plan: FetchPlan, out: np.ndarray | None) -> tuple[dict, list, Any]:

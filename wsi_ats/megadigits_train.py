@@ -252,7 +252,7 @@ def build_model(name: str, cfg: TrainConfig, *, seed: int) -> nn.Module:
 
 
 def fit(model: nn.Module, data: MegaDigits, cfg: TrainConfig, *, seed: int) -> list[float]:
-    """Train in place; returns the mean training loss of each epoch."""
+    """Train in place (then recalibrate batch norm); returns the mean training loss of each epoch."""
     order_rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -270,7 +270,31 @@ def fit(model: nn.Module, data: MegaDigits, cfg: TrainConfig, *, seed: int) -> l
             optimizer.step()
             losses.append(loss.item())
         history.append(float(np.mean(losses)))
+    _recalibrate_batch_norm(model, data, cfg.batch_size, generator)
     return history
+
+
+@torch.no_grad()
+def _recalibrate_batch_norm(
+    model: nn.Module, data: MegaDigits, batch_size: int, generator: torch.Generator
+) -> None:
+    """Set the batch-norm running statistics to those of the final weights: one pass, plain mean.
+
+    The running averages kept during training lag behind weights that still move, and the
+    pooled features vary little (variance near batch norm's epsilon), so eval mode with
+    them was far off: 0.89 test error for a low-res CNN that scores 0.43 once recalibrated.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the pass
+    model.train()
+    for start in range(0, len(data), batch_size):
+        low, high, _ = _batch(data, np.arange(start, min(start + batch_size, len(data))))
+        model(low, high, generator)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
 
 
 @torch.no_grad()

@@ -74,18 +74,22 @@ def train(
     cache: dict[str, tuple[Any, Any, np.ndarray]] = {}
     step_seconds: list[float] = []
     started = time.perf_counter()
-    for epoch in range(len(history), epochs):
-        epoch_start = time.perf_counter()
-        stats = _train_epoch(model, optimizer, splits["train"], cache, cfg.train, seed, epoch, epochs, progress, step_seconds)
-        record = {"epoch": epoch + 1, **stats}
-        if splits["val"]:
-            val = evaluate(model, splits["val"], seed=seed, draws=cfg.train.eval_draws, topk=cfg.train.eval_topk, truth_dir=truth_dir)
-            record.update({f"val_{k}": v for k, v in val.items() if k != "slides"})
-        record["seconds"] = round(time.perf_counter() - epoch_start, 3)
-        history.append(record)
-        if progress:
-            tqdm.write(_epoch_line(record, epochs))
-        save_checkpoint(out / "last.pt", model, metadata=identity, training={"optimizer": optimizer.state_dict(), "history": history})
+    try:
+        for epoch in range(len(history), epochs):
+            epoch_start = time.perf_counter()
+            stats = _train_epoch(model, optimizer, splits["train"], cache, cfg.train, seed, epoch, epochs, progress, step_seconds)
+            record = {"epoch": epoch + 1, **stats}
+            if splits["val"]:
+                val = evaluate(model, splits["val"], seed=seed, draws=cfg.train.eval_draws, topk=cfg.train.eval_topk, truth_dir=truth_dir)
+                record.update({f"val_{k}": v for k, v in val.items() if k != "slides"})
+            record["seconds"] = round(time.perf_counter() - epoch_start, 3)
+            history.append(record)
+            if progress:
+                tqdm.write(_epoch_line(record, epochs))
+            save_checkpoint(out / "last.pt", model, metadata=identity, training={"optimizer": optimizer.state_dict(), "history": history})
+    finally:
+        for slide, _, _ in cache.values():
+            slide.close()
 
     held_out = "test" if splits["test"] else "val"
     test = {}
@@ -260,19 +264,21 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
 
 
 def _optimizer(model: ATSModel, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam; the attention net in its own group, with its own learning rate and no weight decay.
+    """Adam in three groups: attention net (``attention_lr``), feature net, classifier (``weight_decay``).
 
-    Weight decay bounds the classifier's margin, so the loss (and with it the attention's
-    gradient) never vanishes; decaying the attention net itself would only flatten it.
+    Weight decay on the classifier alone bounds its margin, so the loss, and with it the
+    attention's gradient, never vanishes once the training slides are fitted. Decaying the
+    feature net too would slow the start, where its gradients are as small as the decay;
+    decaying the attention net would only flatten it.
     """
-    attention = list(model.attention_net.parameters())
-    ids = {id(p) for p in attention}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    groups = [
-        {"params": rest, "weight_decay": cfg.weight_decay},
-        {"params": attention, "lr": cfg.attention_lr or cfg.lr, "weight_decay": 0.0},
-    ]
-    return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.Adam(
+        [
+            {"params": list(model.attention_net.parameters()), "lr": cfg.attention_lr or cfg.lr},
+            {"params": list(model.feature_net.parameters())},
+            {"params": list(model.classifier.parameters()), "weight_decay": cfg.weight_decay},
+        ],
+        lr=cfg.lr,
+    )
 
 
 def _derive(seed: int, *keys: int) -> int:

@@ -108,10 +108,12 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation: Adam with gradient clipping, ``batch_size`` slides per step (accumulated).
 
-    ``attention_lr`` (default: ``lr``) is the attention net's own learning rate: its gradient
-    lives only while the loss is not yet zero, and the feature net and classifier can drive
-    the loss down by themselves from diluted evidence; a faster attention finds the
-    informative cells within that window.
+    ``attention_lr`` (default: ``lr``) is the attention net's own learning rate, and
+    ``weight_decay`` applies to the classifier only. The attention's gradient lives only while
+    the loss is not zero, and the feature net and classifier can fit a small training set by
+    themselves from diluted evidence (a few informative patches among many): a faster
+    attention finds the informative cells sooner, and a bounded classifier margin keeps the
+    loss, and so the attention's gradient, from vanishing.
 
     Without a ``split`` column in the manifest, ``val_fraction`` and ``test_fraction`` of each
     class are held out by a seeded split. Evaluation averages ``eval_draws`` Monte-Carlo draws,

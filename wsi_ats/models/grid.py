@@ -60,24 +60,26 @@ class AttentionGrid:
         return (np.arange(start, stop) + self.offset + 0.5) * self.low_downsample
 
     def tissue_cells(self, mask: TissueMask | None, tile: int) -> "TissueCells":
-        """The cells whose centre is tissue (all cells when ``mask`` is None), tile-major."""
+        """The cells whose centre is tissue (all cells when ``mask`` is None), tile-major.
+
+        Tiles are first screened on the small mask, only where it may hold tissue, so a
+        mostly blank slide costs little more than its tissue.
+        """
         Ay, Ax = self.shape
         rows, cols = math.ceil(Ay / tile), math.ceil(Ax / tile)
+        candidates = np.ones((rows, cols), bool) if mask is None else self._tiles_touching(mask, tile)
         tiles, counts, coords = [], [], []
-        for ty in range(rows):
+        for ty, tx in zip(*np.nonzero(candidates)):
             y0, y1 = ty * tile, min((ty + 1) * tile, Ay)
-            ys = self.cell_centres(y0, y1)
-            for tx in range(cols):
-                x0, x1 = tx * tile, min((tx + 1) * tile, Ax)
-                if mask is None:
-                    local = np.ones((y1 - y0, x1 - x0), bool)
-                else:
-                    local = mask.at(ys, self.cell_centres(x0, x1))
-                cy, cx = np.nonzero(local)
-                if len(cy):
-                    tiles.append((ty, tx))
-                    counts.append(len(cy))
-                    coords.append(np.stack([cy + y0, cx + x0], axis=1))
+            x0, x1 = tx * tile, min((tx + 1) * tile, Ax)
+            if mask is None:
+                cy, cx = (a.ravel() for a in np.mgrid[0 : y1 - y0, 0 : x1 - x0])
+            else:
+                cy, cx = np.nonzero(mask.at(self.cell_centres(y0, y1), self.cell_centres(x0, x1)))
+            if len(cy):
+                tiles.append((ty, tx))
+                counts.append(len(cy))
+                coords.append(np.stack([cy + y0, cx + x0], axis=1))
         offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
         return TissueCells(
             grid_shape=(Ay, Ax),
@@ -86,6 +88,27 @@ class AttentionGrid:
             offsets=offsets,
             coords=np.concatenate(coords).astype(np.int64) if coords else np.zeros((0, 2), np.int64),
         )
+
+    def _tiles_touching(self, mask: TissueMask, tile: int) -> np.ndarray:
+        """Tiles whose cell centres may fall on tissue: ``(rows, cols)`` bool, a superset of the true ones.
+
+        Only tiles that meet the mask's ``regions`` are looked at, each on the slice of mask
+        rows and columns its cell centres span.
+        """
+        Ay, Ax = self.shape
+        rows, cols = math.ceil(Ay / tile), math.ceil(Ax / tile)
+        ry = mask.rows(self.cell_centres(0, Ay))
+        cx = mask.cols(self.cell_centres(0, Ax))
+        r0, r1 = ry[::tile], ry[np.minimum(np.arange(rows) * tile + tile - 1, Ay - 1)] + 1
+        c0, c1 = cx[::tile], cx[np.minimum(np.arange(cols) * tile + tile - 1, Ax - 1)] + 1
+        regions = mask.regions if mask.regions is not None else ((0, 0, *mask.mask.shape),)
+        near = np.zeros((rows, cols), bool)
+        for y0, x0, y1, x1 in regions:
+            near |= ((r0 < y1) & (r1 > y0))[:, None] & ((c0 < x1) & (c1 > x0))[None, :]
+        out = np.zeros((rows, cols), bool)
+        for ty, tx in zip(*np.nonzero(near)):
+            out[ty, tx] = mask.mask[r0[ty] : r1[ty], c0[tx] : c1[tx]].any()
+        return out
 
 
 @dataclass(frozen=True, eq=False)
