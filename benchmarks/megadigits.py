@@ -41,7 +41,7 @@ from wsi_ats.benchmarking import (  # noqa: E402
     summary_row,
     write_json,
 )
-from wsi_ats.megadigits_train import MODELS, cost_at_canvas, load_recipe, run_experiment  # noqa: E402
+from wsi_ats.megadigits_train import MODELS, Recipe, cost_at_canvas, load_recipe, run_experiment  # noqa: E402
 
 LABELS = {"ats": "ATS", "ats_plain": "ATS, plain attention", "low": "CNN low-res", "full": "CNN full-res"}
 COLOURS = {"ats": "tab:green", "ats_plain": "tab:olive", "low": "tab:grey", "full": "tab:blue"}
@@ -52,26 +52,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (< 60 s): a smoke test")
     parser.add_argument("--config", type=Path, default=ROOT / "pipelines" / "megadigits.toml")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/megadigits.json)")
-    parser.add_argument(
-        "--threads", type=int, default=None,
-        help="torch threads (default: torch's own, one per core); 1 is faster on a busy machine",
-    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the recipe's)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = args.out or (CACHE / "megadigits-quick.json" if args.quick else RESULTS / "megadigits.json")
 
     recipe = load_recipe(args.config, quick=args.quick)
+    threads = args.threads or recipe.threads or torch.get_num_threads()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:  # the bench runner calls main in its own process: leave its thread count as found
+        report = _measure(recipe, quick=args.quick, config=args.config)
+    finally:
+        torch.set_num_threads(before)
+    report["summary"] = summary(report)
+    write_json(out, report)
+    _plot(report, out.with_suffix(".png"))
+    print(markdown(report))
+    print(f"\nwritten: {out}, {out.with_suffix('.png')}")
+    return 0
+
+
+def _measure(recipe: Recipe, *, quick: bool, config: Path) -> dict[str, Any]:
+    """Train and test every model, then time them at each canvas size: the report's body."""
     started, info = time.perf_counter(), machine_info()  # the load average before the run
     results = run_experiment(recipe, log=lambda line: print(line, flush=True))
     scaling = {
         str(canvas): {name: cost_at_canvas(name, canvas, recipe) for name in ("ats", "full")}
         for canvas in recipe.cost_canvases
     }
-    report = {
+    return {
         "benchmark": "megadigits",
-        "mode": "quick" if args.quick else "default",
-        "config": str(args.config),
+        "mode": "quick" if quick else "default",
+        "config": str(config),
         "seed": recipe.seed,
         "recipe": asdict(recipe),
         "machine": {**info, "torch_threads": torch.get_num_threads(),
@@ -80,13 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models": results["models"],
         "data_seconds": results["data_seconds"],
         "cost_vs_canvas": scaling,
-    }
-    report["summary"] = summary(report)
-    write_json(out, report)
-    _plot(report, out.with_suffix(".png"))
-    print(markdown(report))
-    print(f"\nwritten: {out}, {out.with_suffix('.png')}")
-    return 0
+    }  # fmt: skip
 
 
 def summary(report: dict[str, Any]) -> list[dict[str, Any]]:

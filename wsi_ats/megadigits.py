@@ -16,7 +16,7 @@ canvases.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -91,8 +91,8 @@ class MegaDigits:
     digit_classes: np.ndarray  # [N, n_digits] int64
     digit_sources: np.ndarray  # [N, n_digits] int64, row in sklearn's load_digits()
     digit_top_left: np.ndarray  # [N, n_digits, 2] int64
-    seed: int = field(default=0)
-    split: str = field(default="train")
+    seed: int = 0
+    split: str = "train"
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -83,6 +83,7 @@ class Recipe:
     n_test: int
     seed: int
     cost_canvases: tuple[int, ...] = ()  # canvas edges at which to measure cost per sample
+    threads: int | None = None  # torch threads for the run; None = torch's default
 
 
 def load_recipe(path: str | Path, *, quick: bool = False) -> Recipe:
@@ -96,7 +97,7 @@ def load_recipe(path: str | Path, *, quick: bool = False) -> Recipe:
             raw[table] = {**raw.get(table, {}), **overrides.pop(table, {})}
         raw.update(overrides)
     raw.pop("quick", None)
-    unknown = set(raw) - {"dataset", "train", "n_train", "n_test", "seed", "cost_canvases"}
+    unknown = set(raw) - {"dataset", "train", "n_train", "n_test", "seed", "cost_canvases", "threads"}
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
     return Recipe(
@@ -106,6 +107,7 @@ def load_recipe(path: str | Path, *, quick: bool = False) -> Recipe:
         n_test=int(raw.get("n_test", 300)),
         seed=int(raw.get("seed", 0)),
         cost_canvases=tuple(int(c) for c in raw.get("cost_canvases", ())),
+        threads=int(raw["threads"]) if "threads" in raw else None,
     )
 
 
@@ -361,7 +363,7 @@ def cost_at_canvas(name: str, canvas: int, recipe: Recipe) -> dict[str, float]:
     base = recipe.dataset
     config = replace(base, canvas=canvas, n_noise=round(base.n_noise * (canvas / base.canvas) ** 2))
     data = make_megadigits(recipe.train.batch_size, split="train", seed=recipe.seed, config=config)
-    cost = cost_per_sample(build_model(name, recipe.train, seed=recipe.seed), data, recipe.train)
+    cost = cost_per_sample(build_model(name, recipe.train, seed=recipe.seed), data, recipe.train, repeats=3)
     return {
         "seconds": cost.seconds,
         "cpu_seconds": cost.cpu_seconds,
