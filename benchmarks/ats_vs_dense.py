@@ -1,6 +1,6 @@
 """ATS against dense tiling on the same synthetic slides with the same feature network.
 
-    python benchmarks/ats_vs_dense.py [--quick] [--out FILE.json] [--cohort 24] [--train-size 8192]
+    python benchmarks/ats_vs_dense.py [--quick] [--out FILE.json] [--cohort 16] [--train-size 8192]
                                       [--sizes 10000 20000 40000] [--epochs E] [--seed 0]
 
 Both methods share the recipe's (``pipelines/synthetic_wsi.toml``) tissue mask, high level,
@@ -408,7 +408,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny cohort and slides, one epoch (a smoke run)")
-    p.add_argument("--cohort", type=int, default=None, help="slides in the training cohort (default 24)")
+    p.add_argument("--cohort", type=int, default=None, help="slides in the cohort: 8 train, 8 held out (default 16)")
     p.add_argument("--train-size", type=int, default=None, help="side of the cohort's slides (default 8192)")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="slide sides timed (default 10000 20000 40000)")
     p.add_argument("--epochs", type=int, default=None, help="ATS epochs (default: the recipe's)")
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_child(args.child, args.slide, args.run, args.repeats, args.seed)))
         return 0
     quick = args.quick
-    args.cohort = args.cohort or (4 if quick else 24)
+    args.cohort = args.cohort or (4 if quick else 16)
     args.train_size = args.train_size or (2048 if quick else 8192)
     args.sizes = args.sizes or ([1024, 2048] if quick else [10000, 20000, 40000])
     args.epochs = args.epochs or (1 if quick else None)
