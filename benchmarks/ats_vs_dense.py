@@ -353,6 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },  # fmt: skip
         "training": {
             "ats_seconds": round(ats_train_s, 1), "ats_seconds_per_step": metrics.get("seconds_per_step"),
+            "ats_last_epoch": metrics["epochs"][-1],
             "dense_feature_seconds": round(features_s, 1), "dense_seconds": round(dense_train_s, 1), "dense_head": head_log,
             "dense_tiles_per_training_slide": round(float(np.mean([len(b[0]) for b in bags])), 1),
         },  # fmt: skip
