@@ -19,8 +19,8 @@ the same fetch on a local ``dask.distributed`` cluster (``--distributed``), and 
 of a fresh process that fetches the largest n once (its ``VmHWM``).
 Medians of ``--repeats`` runs; ``fetch_over_limit`` is the median of the per-repeat ratios
 (limit and fetch run back to back on the same positions, so a busy machine slows both
-alike). Writes ``benchmarks/results/fetch.json`` (``--quick``: a small slide, two repeats,
-``benchmarks/results/tmp/fetch-quick.json``) and prints a markdown table.
+alike). Writes ``benchmarks/results/fetch.json`` and ``.png`` (``--quick``: a small slide, two
+repeats, ``benchmarks/results/tmp/fetch-quick.json``) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -44,10 +44,12 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 
 from wsi_ats.benchmarking import (  # noqa: E402
     cached_slide,
+    figure,
     machine_info,
     machine_line,
     peak_rss_mib,
     run_child,
+    save_figure,
     summary_row,
     write_json,
 )
@@ -150,7 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "benchmark": "fetch",
         "slide": {"size": list(slide.levels[0].shape), "tile": list(slide.tile_shape(0)), "format": "Aperio-like "
                   "JPEG TIFF (wsi_ats.synth, Q90)", "file_mb": round(path.stat().st_size / 2**20, 1)},
-        "patch": args.patch, "threads": args.threads, "repeats": args.repeats,
+        "patch": args.patch, "threads": args.threads, "repeats": args.repeats, "seed": args.seed,
         "positions": "uniform in tissue (Otsu mask)", "machine": info, "results": rows,
         "tasks_per_worker_sweep": _medians(sweep, n=max(args.n)),
         "peak_rss_mb": rss,
@@ -219,6 +221,37 @@ def _time_all(args: argparse.Namespace, path: Path, client) -> tuple[list[dict],
     return rows, sweep
 
 
+def plot(result: dict, path: Path) -> Path:
+    """Seconds per fetch against n for the decode limit, fetch and naive reads; fetch / limit against the target."""
+    fig, (time_ax, ratio_ax) = figure(2)
+    rows = result["results"]
+    ns = [r["n"] for r in rows]
+    labels = {"limit_s": "decode limit (covering tiles)", "fetch_s": "fetch_patches",
+              "distributed_s": "fetch_patches, dask.distributed", "naive_s": "naive OpenSlide, 1 thread"}  # fmt: skip
+    for key, label in labels.items():
+        if key in rows[0]:
+            time_ax.plot(ns, [r[key] for r in rows], "o-", label=label)
+    time_ax.set_yscale("log")
+    time_ax.set_ylabel(f"seconds (median of {result['repeats']})")
+    time_ax.legend(fontsize=8)
+    time_ax.set_title(f"{result['slide']['size'][0]}^2 JPEG TIFF, {result['threads']} threads", fontsize=10)
+    ratio_ax.plot(ns, [r["fetch_over_limit"] for r in rows], "o-", label="wall")
+    ratio_ax.plot(ns, [r["fetch_over_limit_cpu"] for r in rows], "s--", label="CPU (all threads)")
+    ratio_ax.axhline(TARGET_RATIO, color="red", linestyle="--", linewidth=1, label=f"target (n >= 64) {TARGET_RATIO}")
+    ratio_ax.axhline(1.0, color="grey", linewidth=0.8)
+    for ax in (time_ax, ratio_ax):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_xticks([], minor=True)
+        ax.set_xlabel(f"n patches of {result['patch']} px")
+    ratio_ax.set_ylabel("fetch / decode limit")
+    ratio_ax.set_ylim(0, max(2.0, *(max(r["fetch_over_limit"], r["fetch_over_limit_cpu"]) for r in rows)) * 1.05)
+    ratio_ax.legend(fontsize=8)
+    ratio_ax.set_title("fetch over the physical limit (median of paired ratios)", fontsize=10)
+    fig.suptitle(f"patch fetch -- {machine_line(result['machine'])}", fontsize=9)
+    return save_figure(fig, path)
+
+
 def markdown(result: dict) -> str:
     dist = any("distributed_s" in r for r in result["results"])
     head = "| n | tiles | limit (s) | fetch (s) | fetch / limit | CPU fetch / limit |"
@@ -265,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     result = run(args)
     write_json(args.out, result)
+    plot(result, args.out.with_suffix(".png"))
     print(markdown(result))
     return 0
 

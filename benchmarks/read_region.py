@@ -10,7 +10,7 @@ JPEG TIFF (read by OpenSlide and by the TIFF fast path), an OME-Zarr 0.4 store
 
 Each figure is the median of ``--repeats`` runs, each on fresh random positions
 (OpenSlide's tile cache, 128 MiB, holds about an eighth of the decoded slide).
-Writes ``benchmarks/results/read_region.json`` and prints a markdown table.
+Writes ``benchmarks/results/read_region.json`` and ``.png`` and prints a markdown table.
 
     PYTHONPATH=. .venv/bin/python benchmarks/read_region.py [--size 16384] [--reads 400] [--repeats 3]
 
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from wsi_ats.benchmarking import machine_info, summary_row, write_json  # noqa: E402
+from wsi_ats.benchmarking import figure, machine_info, machine_line, save_figure, summary_row, write_json  # noqa: E402
 from wsi_ats.readers import open_slide  # noqa: E402
 
 TILE = 256
@@ -118,7 +118,28 @@ def measure(slide, mode: str, reads: int, repeats: int, seed: int) -> dict[int, 
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
+def plot(result: dict, path: Path) -> Path:
+    """Reads per second per backend, 1 and 2 threads side by side, patches and tiles in their own panels."""
+    fig, axes = figure(2)
+    width = 0.8 / len(THREADS)
+    for ax, mode in zip(axes, ("patch", "tile")):
+        rows = [r for r in result["results"] if r["read"] == mode]
+        for k, t in enumerate(THREADS):
+            key = f"per_s_{t}_thread{'s' if t > 1 else ''}"
+            xs = [i + (k - (len(THREADS) - 1) / 2) * width for i in range(len(rows))]
+            ax.bar(xs, [r[key] for r in rows], width, label=f"{t} thread{'s' if t > 1 else ''}")
+        ax.set_xticks(range(len(rows)), [r["backend"] for r in rows])
+        ax.set_yscale("log")
+        ax.set_ylabel("reads / second (log)")
+        ax.set_title(f"{mode} reads, {PATCH} px" + (" at random positions" if mode == "patch" else ""), fontsize=10)
+        ax.legend(fontsize=8)
+    info = result["machine"]
+    fig.suptitle(f"{result['config']['size']}^2 slide -- {machine_line(info)} -> {info['loadavg_1min_after']} after",
+                 fontsize=9)  # fmt: skip
+    return save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16384, help="level-0 edge of the synthetic slide")
     parser.add_argument("--reads", type=int, default=400, help="reads per run")
@@ -157,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     per_s = {(r["read"], r["backend"]): r["per_s_2_threads"] for r in rows}
     result = {
         "benchmark": "read_region",
+        "seed": args.seed,
         "machine": {**info, "loadavg_1min_after": round(os.getloadavg()[0], 2)},
         "config": {
             "size": args.size,
@@ -176,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         ],  # fmt: skip
     }
     write_json(args.out, result)
+    plot(result, args.out.with_suffix(".png"))
 
     info = result["machine"]
     print(
@@ -188,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows:
         cells = [row["read"], row["backend"], row["per_s_1_thread"], row["per_s_2_threads"], row["scaling_2_over_1"]]
         print("| " + " | ".join(map(str, cells)) + " |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

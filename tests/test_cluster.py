@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,13 @@ def test_slides_go_only_to_workers_that_advertise_a_gpu(client, model_and_manife
 def test_the_local_session_names_its_scheduler_workers_and_dashboard(local):
     client, said = local
     assert said == [f"dask scheduler {client.scheduler.address}: 2 workers, 2 threads; dashboard {client.dashboard_link}"]
+
+
+def test_the_printed_dashboard_link_serves_the_dashboard(local):
+    client, _ = local
+    with urllib.request.urlopen(client.dashboard_link, timeout=WAIT) as page:
+        assert page.status == 200
+        assert b"bokeh" in page.read().lower()
 
 
 def test_local_workers_run_one_slide_at_a_time_with_the_cores_shared_out_as_torch_threads(client):

@@ -104,15 +104,60 @@ def test_unknown_recipe_key_is_an_error_naming_file_and_key(tmp_path):
 # -- attention over tissue ---------------------------------------------------------------------
 
 
+def whole_level_logits(model: ATSModel, slide, plan) -> torch.Tensor:
+    """The reference: one pass of the attention net over the whole low level, read at the tissue cells."""
+    image = slide.read_region(plan.low_level, (0, 0), plan.grid.low_shape)
+    out = model.attention_net(ats_model._image_tensor(image, model.device))[0]
+    assert tuple(out.shape) == plan.grid.shape
+    return out[plan.cells.coords[:, 0], plan.cells.coords[:, 1]]
+
+
 @pytest.mark.parametrize("padding", ["valid", "same"])
-def test_tiled_logits_equal_whole_level_logits(slide, padding):
+def test_tiled_inference_logits_equal_whole_level_logits(slide, padding):
     model = tiny_model(padding).eval()
     plan = model.plan(slide)
     assert len(plan.cells.tiles) > 4  # several tiles, so halos and borders are exercised
     with torch.no_grad():
-        whole = model.logits_whole(model.low_image(slide, plan), plan)
+        whole = whole_level_logits(model, slide, plan)
     tiled = model.logits_tiled(slide, plan)
+    assert not tiled.requires_grad
     torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_training_logits_from_cached_windows_equal_whole_level_logits_and_gradients(slide, padding):
+    model = tiny_model(padding).train()
+    plan = model.plan(slide)
+    weights = torch.randn(len(plan.cells), generator=torch.Generator().manual_seed(0))
+
+    def gradients(logits: torch.Tensor) -> list[torch.Tensor]:
+        model.zero_grad()
+        (logits * weights).sum().backward()
+        return [p.grad.clone() for p in model.attention_net.parameters()]
+
+    whole = whole_level_logits(model, slide, plan)
+    windows = list(model.read_windows(slide, plan))
+    tiled = model.window_logits(windows, plan)
+    torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
+    for a, b in zip(gradients(tiled), gradients(whole), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_windows_follow_the_tissue_not_the_slide_size():
+    """The same tissue inside a 4x-area blank slide: as many tissue cells and about as many window pixels."""
+    small_image, _ = toy_image(seed=7, positive=True, size=512)
+    large_image = np.full((1024, 1024, 3), small_image[0, 0], np.uint8)  # its glass colour
+    large_image[448:960, 256:768] = small_image  # offsets on the 64-px tissue-mask grid
+    model = tiny_model(tile=24)  # tile edges fall differently on the two slides
+    small, large = (model.plan(open_slide(image)) for image in (small_image, large_image))
+
+    def window_pixels(plan) -> int:
+        return sum(int(np.prod(plan.window(k)[1])) for k in range(len(plan.cells.tiles)))
+
+    assert len(large.cells) == len(small.cells)
+    assert np.prod(large.grid.low_shape) > 3.5 * np.prod(small.grid.low_shape)
+    assert window_pixels(large) <= 1.2 * window_pixels(small)
+    assert window_pixels(small) < 0.8 * np.prod(small.grid.low_shape)  # the glass around the tissue is skipped
 
 
 def test_tissue_cells_are_exactly_the_cells_centred_on_tissue(slide):
@@ -139,7 +184,7 @@ def test_background_never_gets_attention(slide):
 def test_gradients_reach_attention_and_feature_nets(slide):
     model = tiny_model().train()
     plan = model.plan(slide)
-    logits, attention = model(slide, plan, model.low_image(slide, plan), generator=torch.Generator().manual_seed(0))
+    logits, attention = model(slide, plan, list(model.read_windows(slide, plan)), generator=torch.Generator().manual_seed(0))
     (torch.nn.functional.cross_entropy(logits, torch.tensor([1])) + model.regularizer(attention)).backward()
     for net in (model.attention_net, model.feature_net, model.classifier):
         grads = [p.grad for p in net.parameters()]

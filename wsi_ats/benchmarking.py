@@ -180,6 +180,72 @@ def cached_slide(size: int, *, seed: int = 0, positive: bool = True, fmt: str = 
     return path
 
 
+#: Rows of level-0 chunks copied at once (bounded memory whatever the size).
+BAND = 256
+
+
+def sparse_copy(source: Path, factor: int, cache: Path = CACHE) -> Path:
+    """An OME-Zarr ``factor`` times the size of ``source`` per side holding only ``source``'s pixels (cached).
+
+    ``source`` (a synthetic OME-Zarr) is copied into a chunk-aligned window near the centre;
+    every other chunk is absent and reads as the fill value (the synthetic glass), so the
+    large slide costs the small one's disk space: the same tissue on a mostly blank slide.
+    """
+    import zarr
+
+    from wsi_ats.readers import open_slide
+    from wsi_ats.synth.pyramid import downsamples, slide_shape
+
+    dest = cache / f"{source.name.removesuffix('.ome.zarr')}-in-x{factor}.ome.zarr"
+    if dest.exists():
+        return dest
+    print(f"writing {dest} (once) ...", file=sys.stderr)
+    with open_slide(source) as slide:
+        src_shape, mpp = slide.levels[0].shape, slide.mpp or 0.25
+        src_ds = tuple(int(round(lv.downsample)) for lv in slide.levels)
+    src = zarr.open_group(source, mode="r")
+    shape = slide_shape((src_shape[0] * factor, src_shape[1] * factor))
+    ds = downsamples(shape)
+    if src_ds != ds[: len(src_ds)]:
+        raise ValueError(f"{source}: levels {src_ds} are not the first levels of {ds}")
+    align = src["0"].chunks[-1] * ds[-1]  # the window starts on every level's chunk grid
+    offset = tuple(max(0, (shape[i] - src_shape[i]) // 2 // align * align) for i in (0, 1))
+    with building(dest) as part:
+        root = zarr.open_group(part, mode="w", zarr_format=3)
+        _write_sparse(root, src, len(src_ds), shape, ds, offset, mpp, dest.name.split(".")[0])
+    return dest
+
+
+def _write_sparse(
+    root, src, copied: int, shape: tuple[int, int], ds: tuple[int, ...], offset: tuple[int, int], mpp: float, name: str
+) -> None:
+    """Fill ``root``: the first ``copied`` levels of ``src`` in the window at ``offset``, further levels block means of the last."""
+    import numpy as np
+
+    from wsi_ats.synth.ngff import multiscales
+    from wsi_ats.synth.pyramid import STEP, block_mean
+
+    first, window = src["0"], None
+    for level, f in enumerate(ds):
+        array = root.create_array(
+            str(level), shape=(3, shape[0] // f, shape[1] // f), chunks=first.chunks, dtype=first.dtype,
+            fill_value=first.metadata.fill_value, compressors=first.compressors, dimension_names=("c", "y", "x"),
+            config={"write_empty_chunks": False},
+        )  # fmt: skip
+        oy, ox = offset[0] // f, offset[1] // f
+        if level < copied:
+            part = src[str(level)]
+            for y in range(0, part.shape[1], BAND):
+                band = part[:, y : y + BAND]
+                array[:, oy + y : oy + y + band.shape[1], ox : ox + band.shape[2]] = band
+            continue
+        if window is None:  # the last copied level, 1/16 of level 0 per side or less: small
+            window = np.asarray(src[str(copied - 1)][:]).transpose(1, 2, 0)
+        window = block_mean(window, STEP)
+        array[:, oy : oy + window.shape[0], ox : ox + window.shape[1]] = window.transpose(2, 0, 1)
+    root.attrs.update({"ome": {"version": "0.5", "multiscales": multiscales(name, ds, mpp, "0.5")}})
+
+
 def cached_cohort(n: int, size: int, *, seed: int = 0, cache: Path = CACHE) -> Path:
     """``manifest.csv`` of a synthetic TIFF cohort (`wsi_ats.synth.make_cohort`), written once into ``cache``.
 

@@ -176,7 +176,7 @@ def describe(client: "Client") -> str:
     gpus = sum(w.get("resources", {}).get(GPU, 0) for w in workers)
     where = f"dask scheduler {info['address']}: {len(workers)} workers, {threads} threads"
     where += f", {gpus:g} GPUs (slides ask for {GPU}=1)" if gpus else ""
-    if "dashboard" in info.get("services", {}):  # without bokeh the page says how to get it
+    if "dashboard" in info.get("services", {}):
         return f"{where}; dashboard {client.dashboard_link}"
     return f"{where}; the scheduler serves no dashboard"
 

@@ -2,10 +2,11 @@
 
 One slide per forward pass (slides differ in size), ``batch_size`` slides accumulated per
 Adam step, gradient-norm clipping, cross-entropy plus the entropy regularizer. Each
-training slide's plan and low-level image are cached in memory for the run (the
-attention softmax needs gradients through every cell, so the low level is processed
-whole: see `wsi_ats.models.ats_model`); high-resolution patches always come through
-`wsi_ats.fetch.fetch_patches`. Evaluation runs the inference path, `ATSModel.predict_slide`.
+training slide's plan and the low-level windows of its tissue tiles are read once and
+cached in memory for the run (`ATSModel.read_windows`: memory follows the tissue, not the
+slide; the attention net runs on them with gradients, see `wsi_ats.models.ats_model`);
+high-resolution patches always come through `wsi_ats.fetch.fetch_patches`. Evaluation runs
+the inference path, `ATSModel.predict_slide`.
 
 Outputs in ``out_dir``: ``model.pt`` (the final model), ``last.pt`` (model, optimizer and
 history after the last finished epoch: a rerun resumes from it) and ``metrics.json``.
@@ -71,7 +72,7 @@ def train(
     identity = _run_identity(cfg, seed, splits)
     history = _resume(out / "last.pt", model, optimizer, identity)
 
-    cache: dict[str, tuple[Any, Any, np.ndarray]] = {}
+    cache: dict[str, tuple[Any, Any, list[np.ndarray]]] = {}
     step_seconds: list[float] = []
     started = time.perf_counter()
     try:
@@ -190,7 +191,7 @@ def _train_epoch(
     model: ATSModel,
     optimizer: torch.optim.Optimizer,
     rows: Sequence[ManifestRow],
-    cache: dict[str, tuple[Any, Any, np.ndarray]],
+    cache: dict[str, tuple[Any, Any, list[np.ndarray]]],
     cfg: TrainConfig,
     seed: int,
     epoch: int,
@@ -211,12 +212,12 @@ def _train_epoch(
         if row.slide_id not in cache:
             slide = open_slide(row.path)
             plan = model.plan(slide)
-            cache[row.slide_id] = (slide, plan, model.low_image(slide, plan))
-        slide, plan, image = cache[row.slide_id]
+            cache[row.slide_id] = (slide, plan, list(model.read_windows(slide, plan)))
+        slide, plan, windows = cache[row.slide_id]
         start = time.perf_counter()
         target = torch.tensor([index[row.label]], device=device)
         with autocast(device, cfg.amp):
-            logits, attention = model(slide, plan, image, generator=generator)
+            logits, attention = model(slide, plan, windows, generator=generator)
         loss = F.cross_entropy(logits.float(), target) + model.regularizer(attention)
         (loss / cfg.batch_size).backward()
         if (i + 1) % cfg.batch_size == 0 or i + 1 == len(order):

@@ -4,17 +4,19 @@ attention net on the low level -> logits on the tissue cells -> softmax (optiona
 -> `sample` -> `patch_top_left` (actual level shapes, so any level pair works) ->
 `fetch_patches` on the high level -> feature net -> `expectation` -> classifier.
 
-Two ways to get the logits, with the same numbering of cells and the same values:
+The attention net never sees the whole low level: it runs on one *window* per tissue tile
+(the box of the tile's tissue cells plus a halo of the net's radius, `SlidePlan.window`), and
+`window_logits` keeps only the logits of the tissue cells -- exactly those of one pass over
+the whole level, cell for cell. Background never reaches a network and gets zero attention,
+so memory and time follow the tissue area and ``n``, not the slide's size. The same loop
+serves both paths; only where the windows come from, and whether gradients flow, differ:
 
-* whole level (`logits_whole`): one pass over the low-level image, differentiable. Training
-  uses it because the softmax needs gradients through every cell; the low-level image must
-  fit in memory (a 100k-pixel slide at downsample 16 is 6k x 6k x 3 = 110 MiB, and its
-  activations several times that): that is the limit of training on very large slides.
-* tile by tile (`logits_tiled`): only tiles holding tissue are read, each with a halo of
-  the net's radius, under ``no_grad``, keeping only the logits of tissue cells. Inference
-  uses it, so its memory and time follow the tissue area and ``n``, not the slide's size.
-
-Background cells never reach a network and get zero attention.
+* inference (`logits_tiled`): windows read from the slide by `read_windows` (the next one
+  decoded on a background thread while the net runs), under ``no_grad``;
+* training (`forward`): windows read once per slide and cached by the trainer
+  (``list(read_windows(...))``: memory follows the tissue too), with gradients through every
+  tissue cell, as the softmax needs. The activations of all windows are kept for the
+  backward pass, so a training step's memory also grows with the tissue area.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,13 @@ class SlidePlan:
     grid: AttentionGrid
     cells: TissueCells
     tissue: TissueMask | None
+
+    def window(self, k: int) -> tuple[tuple[int, int], tuple[int, int], np.ndarray]:
+        """The low-level window ``(top_left, size)`` of the ``k``-th tissue tile, and its cells' ``(m, 2)`` positions in the net's output on it."""
+        y0, x0, y1, x1 = self.cells.cell_box(k)
+        top_left, size, (cy, cx) = self.grid.window(y0, x0, y1, x1)
+        cells = self.cells.coords[self.cells.offsets[k] : self.cells.offsets[k + 1]]
+        return top_left, size, cells - (y0 - cy, x0 - cx)
 
 
 class ATSModel(nn.Module):
@@ -169,37 +178,44 @@ class ATSModel(nn.Module):
             cells = grid.tissue_cells(None, self.tile)
         return SlidePlan(low_level, high_level, high.shape, high.downsample, grid, cells, mask)
 
-    def low_image(self, slide: Slide, plan: SlidePlan) -> np.ndarray:
-        """The whole low level, ``(H, W, 3) uint8``: what `logits_whole` takes (training caches it)."""
-        return slide.read_region(plan.low_level, (0, 0), plan.grid.low_shape)
+    def read_windows(self, slide: Slide, plan: SlidePlan) -> Iterator[np.ndarray]:
+        """The low-level window of each tissue tile, ``(h, w, 3) uint8``, in order; the next is read while the caller works."""
+
+        def read(k: int) -> np.ndarray:
+            top_left, size, _ = plan.window(k)
+            return slide.read_region(plan.low_level, top_left, size)
+
+        with Prefetcher(range(len(plan.cells.tiles)), read) as windows:
+            for _, image in windows:
+                yield image
 
     # -- attention -----------------------------------------------------------------------------
-    def logits_whole(self, image: np.ndarray, plan: SlidePlan) -> torch.Tensor:
-        """Float32 logits ``[N]`` of the tissue cells from one pass over the whole low level (differentiable)."""
-        out = self.attention_net(_image_tensor(image, self.device))[0]
-        if tuple(out.shape) != plan.grid.shape:
-            raise ValueError(f"attention net gave a {tuple(out.shape)} grid, its geometry says {plan.grid.shape}")
-        coords = torch.from_numpy(plan.cells.coords).to(self.device)
-        return out[coords[:, 0], coords[:, 1]].float()
+    def window_logits(self, windows: Iterable[np.ndarray], plan: SlidePlan) -> torch.Tensor:
+        """Float32 logits ``[N]`` of the tissue cells, one window (`read_windows`) at a time.
+
+        Differentiable unless called under ``no_grad``; equal to the logits of one pass over
+        the whole low level.
+        """
+        parts = []
+        for k, image in enumerate(windows):
+            _, size, local = plan.window(k)
+            out = self.attention_net(_image_tensor(image, self.device))[0]
+            expected = (size[0] - plan.grid.receptive_field, size[1] - plan.grid.receptive_field)
+            if image.shape[:2] != size or tuple(out.shape) != expected:
+                raise ValueError(
+                    f"window {k}: the attention net gave a {tuple(out.shape)} grid on a {image.shape[:2]} window, "
+                    f"the plan says {expected} on {size}"
+                )
+            index = torch.from_numpy(local).to(self.device)
+            parts.append(out[index[:, 0], index[:, 1]].float())
+        if len(parts) != len(plan.cells.tiles):
+            raise ValueError(f"got {len(parts)} windows for {len(plan.cells.tiles)} tissue tiles")
+        return torch.cat(parts)
 
     @torch.no_grad()
     def logits_tiled(self, slide: Slide, plan: SlidePlan) -> torch.Tensor:
-        """The same logits as `logits_whole`, one tissue tile (plus halo) at a time; the next tile is read while one computes."""
-        cells, grid = plan.cells, plan.grid
-        out = torch.empty(len(cells), dtype=torch.float32, device=self.device)
-
-        def read(k: int) -> tuple[np.ndarray, tuple[int, int]]:
-            y0, x0, y1, x1 = cells.tile_box(k)
-            top_left, size, crop = grid.window(y0, x0, y1, x1)
-            return slide.read_region(plan.low_level, top_left, size), (crop[0] - y0, crop[1] - x0)
-
-        with Prefetcher(range(len(cells.tiles)), read) as tiles:
-            for k, (image, (dy, dx)) in tiles:
-                logits = self.attention_net(_image_tensor(image, self.device))[0]
-                a, b = cells.offsets[k], cells.offsets[k + 1]
-                local = torch.from_numpy(cells.coords[a:b] + (dy, dx)).to(self.device)
-                out[a:b] = logits[local[:, 0], local[:, 1]].float()
-        return out
+        """Inference: `window_logits` on windows read from ``slide``, without gradients."""
+        return self.window_logits(self.read_windows(slide, plan), plan)
 
     def attention(self, logits: torch.Tensor) -> torch.Tensor:
         """``[1, N]`` softmax over the tissue cells in float32, mixed with ``smooth`` of the uniform distribution."""
@@ -237,12 +253,21 @@ class ATSModel(nn.Module):
         """Feature vectors ``[n, D]`` of ``(n, P, P, 3) uint8`` patches."""
         return self.feature_center(self.feature_net(to_tensor(patches, self.device, mean=MEAN, std=STD)))
 
-    def forward(self, slide: Slide, plan: SlidePlan, image: np.ndarray, *, generator: torch.Generator | None = None, client: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        slide: Slide,
+        plan: SlidePlan,
+        windows: Sequence[np.ndarray],
+        *,
+        generator: torch.Generator | None = None,
+        client: Any = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training pass on one slide: class logits ``[1, C]`` and the attention ``[1, N]`` (for the regularizer).
 
-        ``image`` is the cached low level (`low_image`); patches come through `fetch_patches`.
+        ``windows`` are the slide's cached tissue windows (``list(read_windows(slide, plan))``);
+        patches come through `fetch_patches`.
         """
-        attention = self.attention(self.logits_whole(image, plan))
+        attention = self.attention(self.window_logits(windows, plan))
         indices, probs = self.draw(attention, generator=generator)
         patches = fetch_patches(slide, plan.high_level, self.patch_corners(plan, indices), self.patch_size, client=client)
         pooled = expectation(self.features(patches)[None], probs, replace=self.replace)

@@ -68,7 +68,8 @@ class ModelConfig:
 
     ``patch_size`` is in pixels of the high level; ``smooth`` mixes the softmax with the
     uniform distribution over tissue cells (the original SampleSoftmax); ``tile`` is the
-    edge, in attention cells, of one tile of the gigapixel-safe inference pass;
+    edge, in attention cells, of one tile of the tissue-only attention pass (training and
+    inference);
     ``center_features`` subtracts the running mean of the patch features (a baseline that
     lowers the variance of the attention's gradient).
     """

@@ -3,8 +3,7 @@
 Geometry only (numpy): which low-level pixels a grid cell is centred on, which window of the
 low level a block of cells needs, and which cells are tissue. Cells are numbered
 *tile-major* (tiles of ``tile x tile`` cells in raster order, cells in raster order within
-a tile), and the whole-level and tile-by-tile passes both use that numbering, so they
-produce the same flat logits, the same attention and the same draws.
+a tile): the order in which the attention net's tile-by-tile pass produces their logits.
 """
 
 from __future__ import annotations
@@ -124,8 +123,12 @@ class TissueCells:
     def __len__(self) -> int:
         return len(self.coords)
 
-    def tile_box(self, k: int) -> tuple[int, int, int, int]:
-        """Cells ``(y0, x0, y1, x1)`` of the ``k``-th tissue tile."""
-        ty, tx = (int(v) for v in self.tiles[k])
-        t, (Ay, Ax) = self.tile, self.grid_shape
-        return ty * t, tx * t, min((ty + 1) * t, Ay), min((tx + 1) * t, Ax)
+    def cell_box(self, k: int) -> tuple[int, int, int, int]:
+        """Cells ``(y0, x0, y1, x1)`` bounding the tissue of the ``k``-th tissue tile.
+
+        Tighter than the tile where tissue covers part of it, so the attention net runs on
+        little more than the tissue wherever the tile grid happens to fall on the slide.
+        """
+        cells = self.coords[self.offsets[k] : self.offsets[k + 1]]
+        (y0, x0), (y1, x1) = cells.min(axis=0), cells.max(axis=0) + 1
+        return int(y0), int(x0), int(y1), int(x1)
