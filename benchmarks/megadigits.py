@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _measure(recipe: Recipe, *, quick: bool, config: Path) -> dict[str, Any]:
     """Train and test every model, then time them at each canvas size: the report's body."""
     started, info = time.perf_counter(), machine_info()  # the load average before the run
-    results = run_experiment(recipe, log=lambda line: print(line, flush=True))
+    results = run_experiment(recipe, log=lambda line: print(line, flush=True), processes=recipe.processes)
     scaling = {
         str(canvas): {name: cost_at_canvas(name, canvas, recipe) for name in ("ats", "full")}
         for canvas in recipe.cost_canvases
@@ -100,10 +100,15 @@ def summary(report: dict[str, Any]) -> list[dict[str, Any]]:
     models = report["models"]
     canvas = max(report["cost_vs_canvas"], key=int)
     ats, full = report["cost_vs_canvas"][canvas]["ats"], report["cost_vs_canvas"][canvas]["full"]
-    return [
-        summary_row("test error: ATS / CNN full-res / CNN low-res / ATS with plain attention",
+    draws = report["recipe"]["train"].get("eval_draws", 1)
+    rows = [
+        summary_row(f"test error: ATS ({draws} draws averaged) / CNN full-res / CNN low-res / ATS with plain attention",
                     " / ".join(f"{models[name]['test_error']:.3f}" for name in ("ats", "full", "low", "ats_plain")),
                     "ATS <= full-res + 0.02", models["ats"]["test_error"] <= models["full"]["test_error"] + 0.02),
+    ]  # fmt: skip
+    if "test_error_one_draw" in models["ats"]:
+        rows.append(summary_row("ATS test error from a single draw of n patches", f"{models['ats']['test_error_one_draw']:.3f}"))
+    return rows + [
         summary_row(f"full-res / ATS time per sample, {canvas}^2 canvas (wall; CPU)",
                     f"{full['seconds'] / ats['seconds']:.1f}x; {full['cpu_seconds'] / ats['cpu_seconds']:.1f}x",
                     ">= 10x", full["seconds"] / ats["seconds"] >= 10),
@@ -117,16 +122,16 @@ def markdown(report: dict[str, Any]) -> str:
     """The results as a markdown table (one row per model), then the cost-vs-canvas table."""
     lines = [
         "| model | test error | train error | ms / sample (fwd+bwd) | CPU ms / sample "
-        "| activation MiB / sample | pixels read / sample | training s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| activation MiB / sample | pixels read / sample | epochs | training s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in MODELS:
         row = report["models"][name]
         lines.append(
-            f"| {LABELS[name]} | {row['test_error']:.3f} | {row['train_error']:.3f} "
+            f"| {LABELS[name]} | {_error(row, 'test')} | {_error(row, 'train')} "
             f"| {1000 * row['seconds_per_sample']:.2f} | {1000 * row['cpu_seconds_per_sample']:.2f} "
             f"| {row['activation_mib_per_sample']:.2f} "
-            f"| {row['pixels_per_sample']:,} | {row['train_seconds']:.0f} |"
+            f"| {row['pixels_per_sample']:,} | {row['epochs']} | {row['train_seconds']:.0f} |"
         )
     lines += ["", "| canvas | ATS ms | full ms | ATS MiB | full MiB | time ratio (wall) | time ratio (CPU) "
               "| memory ratio |", "|---|---|---|---|---|---|---|---|"]
@@ -139,6 +144,12 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {full['activation_mib'] / ats['activation_mib']:.1f}x |"
         )
     return "\n".join(lines)
+
+
+def _error(row: dict[str, Any], split: str) -> str:
+    """``0.083`` or, where draws were averaged, ``0.083 (1 draw: 0.193)``."""
+    one = row.get(f"{split}_error_one_draw")
+    return f"{row[f'{split}_error']:.3f}" + ("" if one is None else f" (1 draw: {one:.3f})")
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
@@ -161,9 +172,10 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     axes[3].set(title="ms / sample vs canvas edge", xlabel="canvas edge (px)", yscale="log")
     axes[3].legend()
     recipe = report["recipe"]
+    epochs = ", ".join(f"{LABELS[name]} {row['epochs']}" for name, row in report["models"].items())
     fig.suptitle(
         f"megadigits ({report['mode']}): {recipe['dataset']['canvas']}^2 canvas, "
-        f"{recipe['n_train']} train / {recipe['n_test']} test, {recipe['train']['epochs']} epochs, "
+        f"{recipe['n_train']} train / {recipe['n_test']} test, epochs {epochs}, "
         f"seed {report['seed']}; {machine_line(report['machine'])}, torch threads {report['machine']['torch_threads']}",
         fontsize=9,
     )

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from toy_cohort import toy_image
 
-from wsi_ats import open_slide
-from wsi_ats.models import ATSModel, LevelSpec, ModelConfig, NetSpec, TissueSpec, build
-from wsi_ats.models import ats_model
+from wsi_ats.models import build
 from wsi_ats.models.grid import AttentionGrid
-
-CLASSES = ("negative", "positive")
 
 
 def net(seed: int = 0, **params) -> torch.nn.Module:
@@ -65,32 +59,6 @@ def test_windows_with_the_grid_halo_give_the_whole_pass_logits(padding):
             (ty, tx), (h, w), (cy, cx) = grid.window(y0, x0, y1, x1)
             part = prior(image[..., ty : ty + h, tx : tx + w])[0]
             torch.testing.assert_close(part[cy : cy + y1 - y0, cx : cx + x1 - x0], whole[y0:y1, x0:x1], rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("padding", ["valid", "same"])
-def test_tiled_inference_on_a_slide_equals_a_whole_level_pass_with_the_prior(padding):
-    config = ModelConfig(
-        attention=NetSpec("small_cnn", (("channels", 4), ("padding", padding), ("prior_kernel", 5), ("stain_prior", 4.0))),
-        features=NetSpec("small_cnn", (("channels", 8), ("layers", 1))),
-        classifier=NetSpec("linear"),
-        low=LevelSpec(downsample=4),
-        high=LevelSpec(downsample=1),
-        patch_size=16,
-        n_patches=6,
-        tile=16,
-        tissue=TissueSpec(downsample=16),
-    )
-    torch.manual_seed(0)
-    model = ATSModel.from_config(config, CLASSES).eval()
-    slide = open_slide(toy_image(seed=7, positive=True, size=512)[0])
-    plan = model.plan(slide)
-    assert len(plan.cells.tiles) > 4
-    with torch.no_grad():
-        image = slide.read_region(plan.low_level, (0, 0), plan.grid.low_shape)
-        whole = model.attention_net(ats_model._image_tensor(image, model.device))[0]
-        whole = whole[plan.cells.coords[:, 0], plan.cells.coords[:, 1]]
-    torch.testing.assert_close(model.logits_tiled(slide, plan), whole, rtol=1e-5, atol=1e-5)
-    assert ModelConfig.from_dict(config.to_dict()) == config  # a checkpoint rebuilds the prior
 
 
 def test_the_gain_is_learnt():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,13 @@ from sklearn.datasets import load_digits
 
 from wsi_ats.megadigits import MegaDigitsConfig, digit_pool, make_megadigits
 from wsi_ats.megadigits_train import (
+    Recipe,
     TrainConfig,
     build_model,
     cost_per_sample,
     fit,
     load_recipe,
+    run_experiment,
 )
 
 @pytest.fixture(autouse=True)
@@ -126,6 +129,20 @@ def test_one_ats_backward_pass_reaches_the_attention_net_and_the_feature_net():
         assert sum(float(g.abs().sum()) for g in grads) > 0
 
 
+def test_ats_probabilities_over_several_draws_are_the_mean_of_single_draws_from_the_same_stream():
+    data = make_megadigits(4, seed=0, config=TINY)
+    model = build_model("ats", TINY_TRAIN, seed=0).eval()
+    low = torch.from_numpy(data.low).unsqueeze(1).float() / 255
+    high = torch.from_numpy(data.high).unsqueeze(1)
+    with torch.no_grad():
+        averaged = model.probabilities(low, high, torch.Generator().manual_seed(3), draws=3)
+        stream = torch.Generator().manual_seed(3)
+        singles = [model.probabilities(low, high, stream, draws=1) for _ in range(3)]
+    torch.testing.assert_close(averaged, torch.stack(singles).mean(dim=0))
+    torch.testing.assert_close(averaged.sum(dim=1), torch.ones(4))
+    assert not torch.equal(singles[0], singles[1])  # the draws differ: there is noise to average
+
+
 def test_ink_prior_puts_the_untrained_attention_on_the_digits():
     data = make_megadigits(8, seed=1, config=SMALL)
     low = torch.from_numpy(data.low).unsqueeze(1).float() / 255
@@ -175,3 +192,32 @@ def test_recipe_with_an_unknown_key_names_the_file(tmp_path):
     bad.write_text("[train]\nepoch = 3\n")
     with pytest.raises(ValueError, match="bad.toml.*epoch"):
         load_recipe(bad)
+
+
+def test_recipe_epochs_table_gives_a_model_its_own_epochs_and_the_others_the_default(tmp_path):
+    recipe_file = tmp_path / "r.toml"
+    recipe_file.write_text("[train]\nepochs = 5\n\n[epochs]\nats = 20\n")
+    recipe = load_recipe(recipe_file)
+    assert recipe.train_config("ats").epochs == 20
+    assert recipe.train_config("full").epochs == 5
+    assert recipe.train_config("ats").lr == recipe.train.lr  # only the epochs differ
+
+
+@pytest.mark.parametrize("table, message", [("atss = 3", "unknown model 'atss'"), ("ats = 0", "ats must be a positive integer")])
+def test_recipe_epochs_table_with_a_bad_entry_names_the_file_and_the_entry(tmp_path, table, message):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f"[epochs]\n{table}\n")
+    with pytest.raises(ValueError, match=f"bad.toml: \\[epochs\\]: {message}"):
+        load_recipe(bad)
+
+
+def test_models_trained_side_by_side_in_processes_match_models_trained_in_this_process():
+    recipe = Recipe(dataset=TINY, train=replace(TINY_TRAIN, epochs=2, eval_draws=2), n_train=16, n_test=8, seed=0, threads=1,
+                    epochs=(("ats", 3),))  # fmt: skip
+    here = run_experiment(recipe, models=("ats", "low"))["models"]
+    apart = run_experiment(recipe, models=("ats", "low"), processes=2)["models"]
+    for name in ("ats", "low"):
+        for key in ("test_error", "train_error", "loss_per_epoch", "epochs", "activation_mib_per_sample"):
+            assert apart[name][key] == here[name][key], (name, key)
+    assert here["ats"]["epochs"] == 3 and len(here["ats"]["loss_per_epoch"]) == 3
+    assert "test_error_one_draw" in here["ats"] and "test_error_one_draw" not in here["low"]

@@ -112,9 +112,11 @@ def whole_level_logits(model: ATSModel, slide, plan) -> torch.Tensor:
     return out[plan.cells.coords[:, 0], plan.cells.coords[:, 1]]
 
 
+@pytest.mark.parametrize("prior", [(), (("prior_kernel", 5), ("stain_prior", 4.0))], ids=["plain", "stain_prior"])
 @pytest.mark.parametrize("padding", ["valid", "same"])
-def test_tiled_inference_logits_equal_whole_level_logits(slide, padding):
-    model = tiny_model(padding).eval()
+def test_tiled_inference_logits_equal_whole_level_logits(slide, padding, prior):
+    model = tiny_model(padding, attention=NetSpec("small_cnn", (("channels", 4), ("padding", padding), *prior))).eval()
+    assert ModelConfig.from_dict(model.config.to_dict()) == model.config  # a checkpoint rebuilds the net
     plan = model.plan(slide)
     assert len(plan.cells.tiles) > 4  # several tiles, so halos and borders are exercised
     with torch.no_grad():

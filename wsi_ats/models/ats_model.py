@@ -65,12 +65,18 @@ class SlidePlan:
     cells: TissueCells
     tissue: TissueMask | None
 
-    def window(self, k: int) -> tuple[tuple[int, int], tuple[int, int], np.ndarray]:
-        """The low-level window ``(top_left, size)`` of the ``k``-th tissue tile, and its cells' ``(m, 2)`` positions in the net's output on it."""
+    def window(self, k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The low-level window ``(top_left, size)`` of the ``k``-th tissue tile: its tissue's cells plus the net's context."""
+        top_left, size, _ = self.grid.window(*self.cells.cell_box(k))
+        return top_left, size
+
+    def window_cells(self, k: int) -> np.ndarray:
+        """Flat positions ``(m,)`` of the ``k``-th tile's tissue cells in the net's output on its window."""
         y0, x0, y1, x1 = self.cells.cell_box(k)
-        top_left, size, (cy, cx) = self.grid.window(y0, x0, y1, x1)
+        _, (_, w), (cy, cx) = self.grid.window(y0, x0, y1, x1)
         cells = self.cells.coords[self.cells.offsets[k] : self.cells.offsets[k + 1]]
-        return top_left, size, cells - (y0 - cy, x0 - cx)
+        width = w - self.grid.receptive_field  # of the net's output
+        return (cells[:, 0] - (y0 - cy)) * width + (cells[:, 1] - (x0 - cx))
 
 
 class ATSModel(nn.Module):
@@ -182,8 +188,7 @@ class ATSModel(nn.Module):
         """The low-level window of each tissue tile, ``(h, w, 3) uint8``, in order; the next is read while the caller works."""
 
         def read(k: int) -> np.ndarray:
-            top_left, size, _ = plan.window(k)
-            return slide.read_region(plan.low_level, top_left, size)
+            return slide.read_region(plan.low_level, *plan.window(k))
 
         with Prefetcher(range(len(plan.cells.tiles)), read) as windows:
             for _, image in windows:
@@ -198,7 +203,7 @@ class ATSModel(nn.Module):
         """
         parts = []
         for k, image in enumerate(windows):
-            _, size, local = plan.window(k)
+            _, size = plan.window(k)
             out = self.attention_net(_image_tensor(image, self.device))[0]
             expected = (size[0] - plan.grid.receptive_field, size[1] - plan.grid.receptive_field)
             if image.shape[:2] != size or tuple(out.shape) != expected:
@@ -206,8 +211,8 @@ class ATSModel(nn.Module):
                     f"window {k}: the attention net gave a {tuple(out.shape)} grid on a {image.shape[:2]} window, "
                     f"the plan says {expected} on {size}"
                 )
-            index = torch.from_numpy(local).to(self.device)
-            parts.append(out[index[:, 0], index[:, 1]].float())
+            index = torch.from_numpy(plan.window_cells(k)).to(self.device)
+            parts.append(out.reshape(-1)[index].float())
         if len(parts) != len(plan.cells.tiles):
             raise ValueError(f"got {len(parts)} windows for {len(plan.cells.tiles)} tissue tiles")
         return torch.cat(parts)

@@ -67,7 +67,7 @@ class AttentionGrid:
         Ay, Ax = self.shape
         rows, cols = math.ceil(Ay / tile), math.ceil(Ax / tile)
         candidates = np.ones((rows, cols), bool) if mask is None else self._tiles_touching(mask, tile)
-        tiles, counts, coords = [], [], []
+        tiles, counts, coords, boxes = [], [], [], []
         for ty, tx in zip(*np.nonzero(candidates)):
             y0, y1 = ty * tile, min((ty + 1) * tile, Ay)
             x0, x1 = tx * tile, min((tx + 1) * tile, Ax)
@@ -79,6 +79,7 @@ class AttentionGrid:
                 tiles.append((ty, tx))
                 counts.append(len(cy))
                 coords.append(np.stack([cy + y0, cx + x0], axis=1))
+                boxes.append((y0 + cy[0], x0 + cx.min(), y0 + cy[-1] + 1, x0 + cx.max() + 1))  # cy ascends
         offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
         return TissueCells(
             grid_shape=(Ay, Ax),
@@ -86,6 +87,7 @@ class AttentionGrid:
             tiles=np.asarray(tiles, np.int64).reshape(-1, 2),
             offsets=offsets,
             coords=np.concatenate(coords).astype(np.int64) if coords else np.zeros((0, 2), np.int64),
+            boxes=np.asarray(boxes, np.int64).reshape(-1, 4),
         )
 
     def _tiles_touching(self, mask: TissueMask, tile: int) -> np.ndarray:
@@ -112,13 +114,17 @@ class AttentionGrid:
 
 @dataclass(frozen=True, eq=False)
 class TissueCells:
-    """Tissue cells of a grid: ``coords[offsets[k]:offsets[k+1]]`` are the ``(y, x)`` cells of tile ``tiles[k]``."""
+    """Tissue cells of a grid: ``coords[offsets[k]:offsets[k+1]]`` are the ``(y, x)`` cells of tile ``tiles[k]``.
+
+    ``boxes[k]`` is ``(y0, x0, y1, x1)``, the cells bounding them (see `cell_box`).
+    """
 
     grid_shape: tuple[int, int]
     tile: int
     tiles: np.ndarray
     offsets: np.ndarray
     coords: np.ndarray
+    boxes: np.ndarray
 
     def __len__(self) -> int:
         return len(self.coords)
@@ -129,6 +135,5 @@ class TissueCells:
         Tighter than the tile where tissue covers part of it, so the attention net runs on
         little more than the tissue wherever the tile grid happens to fall on the slide.
         """
-        cells = self.coords[self.offsets[k] : self.offsets[k + 1]]
-        (y0, x0), (y1, x1) = cells.min(axis=0), cells.max(axis=0) + 1
-        return int(y0), int(x0), int(y1), int(x1)
+        y0, x0, y1, x1 = (int(v) for v in self.boxes[k])
+        return y0, x0, y1, x1
