@@ -162,6 +162,15 @@ def test_attention_windows_follow_the_tissue_not_the_slide_size():
     assert window_pixels(small) < 0.8 * np.prod(small.grid.low_shape)  # the glass around the tissue is skipped
 
 
+@pytest.mark.parametrize("tissue", [True, False], ids=["tissue_mask", "whole_grid"])
+def test_each_tissue_tiles_box_is_the_tightest_box_around_its_cells(slide, tissue):
+    cells = tiny_model(tile=7, tissue=TissueSpec(downsample=16, enabled=tissue)).plan(slide).cells
+    assert len(cells.tiles) > 4
+    for k in range(len(cells.tiles)):
+        part = cells.coords[cells.offsets[k] : cells.offsets[k + 1]]
+        assert cells.cell_box(k) == (*part.min(axis=0).tolist(), *(part.max(axis=0) + 1).tolist())
+
+
 def test_tissue_cells_are_exactly_the_cells_centred_on_tissue(slide):
     plan = tiny_model(tile=7).plan(slide)  # odd tile: tile edges fall inside mask pixels
     grid = plan.grid

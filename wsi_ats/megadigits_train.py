@@ -232,20 +232,8 @@ class ATSClassifier(nn.Module):
     def forward(
         self, low: torch.Tensor, high: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        result = attention_sampling(
-            self.attention,
-            low,
-            high,
-            self._patch_features,
-            self.cfg.n_patches,
-            patch_size=self.cfg.patch_size,
-            replace=self.cfg.replace,
-            generator=generator,
-        )
-        return self.head(result.features), result.attention
-
-    def _patch_features(self, patches: torch.Tensor) -> torch.Tensor:
-        return self.features(_as_float(patches))
+        attention = self.attention(low)
+        return self.head(self._expectation(attention, low, high, generator)), attention
 
     def probabilities(
         self, low: torch.Tensor, high: torch.Tensor, generator: torch.Generator | None, draws: int
@@ -256,14 +244,21 @@ class ATSClassifier(nn.Module):
         exact); averaging draws lowers that noise at ``draws`` times the patches read.
         """
         attention = self.attention(low)
-        total = 0
-        for _ in range(draws):
-            result = attention_sampling(
-                attention, low, high, self._patch_features, self.cfg.n_patches,
-                patch_size=self.cfg.patch_size, replace=self.cfg.replace, generator=generator,
-            )  # fmt: skip
-            total = total + self.head(result.features).softmax(dim=1)
-        return total / draws
+        per_draw = [self.head(self._expectation(attention, low, high, generator)).softmax(dim=1) for _ in range(draws)]
+        return torch.stack(per_draw).mean(dim=0)
+
+    def _expectation(
+        self, attention: torch.Tensor, low: torch.Tensor, high: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """The attention-weighted mean of the features of ``n`` patches drawn from ``attention``."""
+        result = attention_sampling(
+            attention, low, high, self._patch_features, self.cfg.n_patches,
+            patch_size=self.cfg.patch_size, replace=self.cfg.replace, generator=generator,
+        )  # fmt: skip
+        return result.features
+
+    def _patch_features(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.features(_as_float(patches))
 
 
 class DenseClassifier(nn.Module):
