@@ -7,7 +7,7 @@ Both methods share the recipe's (``pipelines/synthetic_wsi.toml``) tissue mask, 
 patch size and feature network (the registry's, by name):
 
 - **ATS**: the recipe's `ATSModel`, trained with `wsi_ats.train.train` for the recipe's epochs
-  on the ``train`` split of a synthetic cohort; inference is `ATSModel.predict_slide`
+  on the ``train`` split of a synthetic cohort; inference is `wsi_ats.engine.predict_slide`
   (attention over the low level, ``n`` patches at the high level).
 - **dense**: features of *every* tissue tile of the high level (tiles of the patch size, on
   the same tissue mask), pooled by CLAM-style gated attention (`GatedAttentionMIL`), then a
@@ -125,7 +125,7 @@ def tissue_tiles(model, slide) -> tuple[int, np.ndarray]:
 
     The same tissue mask, high level and patch size as ``model`` (an `ATSModel`).
     """
-    from wsi_ats.tissue import tissue_mask
+    from wsi_ats.engine.tissue import tissue_mask
 
     level = model.high.resolve(slide)
     lv, size = slide.levels[level], model.patch_size
@@ -148,8 +148,8 @@ def dense_features(model, slide) -> torch.Tensor:
     the readers' tile), the next block while the network runs on this one; blocks without
     tissue are never read.
     """
-    from wsi_ats.device import autocast
-    from wsi_ats.prefetch import Prefetcher
+    from wsi_ats.device import autocast, to_device
+    from wsi_ats.engine.prefetch import Prefetcher
 
     level, tiles = tissue_tiles(model, slide)
     size = model.patch_size
@@ -173,10 +173,10 @@ def dense_features(model, slide) -> torch.Tensor:
         for _, patches in reads:
             pending.append(patches)
             if sum(len(p) for p in pending) >= DENSE_BATCH:
-                out.append(model.features(np.concatenate(pending)).float())
+                out.append(model.features(to_device(np.concatenate(pending), model.device)).float())
                 pending = []
     if pending:
-        out.append(model.features(np.concatenate(pending)).float())
+        out.append(model.features(to_device(np.concatenate(pending), model.device)).float())
     return torch.cat(out) if out else torch.zeros((0, model.feature_net.out_features), device=model.device)
 
 
@@ -221,6 +221,7 @@ def _child(method: str, net: str, slide_path: Path, run_dir: Path, repeats: int,
     """Runs in a fresh process: load ``net``'s model(s), time ``repeats`` predictions of one slide, peak RSS."""
     from wsi_ats.checkpoint import load_checkpoint
     from wsi_ats.device import autocast
+    from wsi_ats.engine import plan_slide, predict_slide, read_windows, tissue_logits
     from wsi_ats.readers import open_slide
 
     model = load_checkpoint(run_dir / f"{net}-ats.pt")
@@ -232,7 +233,7 @@ def _child(method: str, net: str, slide_path: Path, run_dir: Path, repeats: int,
     with warnings.catch_warnings():  # first-call costs are not the slide's
         warnings.simplefilter("ignore")
         if head is None:
-            model.predict_slide(warm_up_slide())
+            predict_slide(model, warm_up_slide(), slide_id="warm-up")
         else:
             dense_predict(model, head, warm_up_slide())
     baseline = rss_mib()
@@ -241,7 +242,7 @@ def _child(method: str, net: str, slide_path: Path, run_dir: Path, repeats: int,
         for r in range(repeats):
             start, cpu = time.perf_counter(), time.process_time()
             if head is None:
-                result = model.predict_slide(slide, seed=seed + r)
+                result = predict_slide(model, slide, slide_id="timed", seed=seed + r)
                 probabilities, processed = result.probabilities, result.patches_fetched
             else:
                 probabilities, processed = dense_predict(model, head, slide)
@@ -250,10 +251,10 @@ def _child(method: str, net: str, slide_path: Path, run_dir: Path, repeats: int,
         extra = {}
         if head is None:  # where ATS's time goes, once more apart: the plan, the attention pass over every tissue cell
             start = time.perf_counter()
-            plan = model.plan(slide)
+            plan = plan_slide(model, slide)
             middle = time.perf_counter()
             with autocast(model.device):
-                model.logits_tiled(slide, plan)
+                tissue_logits(model, read_windows(slide, plan), plan)
             extra = {
                 "attention_cells": len(plan.cells), "low_level_shape": list(plan.grid.low_shape),
                 "plan_seconds": round(middle - start, 4), "attention_pass_seconds": round(time.perf_counter() - middle, 4),
@@ -307,8 +308,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from wsi_ats.manifest import read_manifest
     from wsi_ats.models import load_config
     from wsi_ats.readers import open_slide
+    from wsi_ats.evaluate import evaluate, truth_boxes
     from wsi_ats.synth import make_cohort
-    from wsi_ats.train import TRUTH_FOLDER, evaluate, train
+    from wsi_ats.train import train
 
     info, started = machine_info(), time.perf_counter()  # before any work: the load average is the other processes'
     cfg = load_config(args.config)
@@ -343,7 +345,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         save_timing_models(cfg.model, model.class_names, run_dir, args.seed)
 
         ats_eval = evaluate(model, held_out, seed=args.seed, draws=cfg.train.eval_draws, topk=cfg.train.eval_topk,
-                            truth_dir=manifest.parent / TRUTH_FOLDER)
+                            truth=truth_boxes(manifest.parent / "annotations", [r.slide_id for r in held_out]))
         dense_correct = []
         for row in held_out:
             with open_slide(row.path) as slide:

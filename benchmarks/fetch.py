@@ -1,4 +1,4 @@
-"""Patch fetch (`wsi_ats.fetch`) against the physical decode limit and naive per-patch OpenSlide reads.
+"""Patch fetch (`wsi_ats.engine.fetch`) against the physical decode limit and naive per-patch OpenSlide reads.
 
 On a synthetic Aperio-like JPEG TIFF (``wsi_ats.synth.make_slide``, 40k x 40k by default,
 cached under ``benchmarks/results/tmp/``), for n = 16, 64, 256 patches of 256 px at level 0
@@ -8,7 +8,7 @@ each repeat, seeded), it times, in the same run and with the same number of thre
 - ``limit``: the physical limit -- the compressed bytes of exactly the covering tiles, read
   beforehand, decoded in a tight loop (tifffile ``page.decode``, imagecodecs under it), the
   tiles split evenly across the threads; nothing is assembled;
-- ``fetch``: `wsi_ats.fetch.fetch_patches_with_stats` on the threaded scheduler;
+- ``fetch``: `wsi_ats.engine.fetch.fetch_patches_with_stats` on the threaded scheduler;
 - ``naive``: one ``openslide.OpenSlide.read_region`` per patch, one thread.
 
 Wall time and process CPU time (all threads) are both recorded: on a shared, busy machine
@@ -53,7 +53,7 @@ from wsi_ats.benchmarking import (  # noqa: E402
     summary_row,
     write_json,
 )
-from wsi_ats.fetch import fetch_patches_with_stats  # noqa: E402
+from wsi_ats.engine.fetch import fetch_patches_with_stats  # noqa: E402
 from wsi_ats.readers import open_slide  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -64,7 +64,7 @@ SWEEP = (1, 2, 4, 8, 32)
 
 def tissue_corners(slide, n: int, patch: int, rng: np.random.Generator) -> np.ndarray:
     """n level-0 top-left corners of patches centred uniformly at random in tissue."""
-    from wsi_ats.tissue import tissue_mask
+    from wsi_ats.engine.tissue import tissue_mask
 
     mask = tissue_mask(slide)
     cells = np.argwhere(mask.mask)

@@ -60,6 +60,7 @@ def _child(path: Path, repeats: int, seed: int, recipe: Path) -> dict[str, Any]:
     """Runs in a fresh process: the recipe's model predicts one slide; time, plan time and peak RSS."""
     import torch
 
+    from wsi_ats.engine import plan_slide, predict_slide
     from wsi_ats.models import ATSModel, load_config
     from wsi_ats.readers import open_slide
 
@@ -68,17 +69,17 @@ def _child(path: Path, repeats: int, seed: int, recipe: Path) -> dict[str, Any]:
     model = ATSModel.from_config(cfg.model, ("negative", "positive")).eval()
     with warnings.catch_warnings():  # first-call costs are not the slide's
         warnings.simplefilter("ignore")
-        model.predict_slide(warm_up_slide())
+        predict_slide(model, warm_up_slide(), slide_id="warm-up")
     baseline = rss_mib()
     with open_slide(path) as slide:
         start = time.perf_counter()
-        plan = model.plan(slide)
+        plan = plan_slide(model, slide)
         plan_s = time.perf_counter() - start
         plan_peak = peak_rss_mib()
         seconds, cpu_seconds = [], []
         for r in range(repeats):
             start, cpu = time.perf_counter(), time.process_time()
-            result = model.predict_slide(slide, seed=seed + r)
+            result = predict_slide(model, slide, slide_id="timed", seed=seed + r)
             seconds.append(time.perf_counter() - start)
             cpu_seconds.append(time.process_time() - cpu)
         shape = slide.levels[0].shape

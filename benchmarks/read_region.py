@@ -6,7 +6,7 @@ JPEG TIFF (read by OpenSlide and by the TIFF fast path), an OME-Zarr 0.4 store
 
 - ``patch``: ``read_region`` of 256 x 256 patches at random (unaligned) level-0
   positions, so most patches touch 4 tiles;
-- ``tile``: ``read_tile`` of random tiles (what `wsi_ats.fetch` and ``to_dask`` call).
+- ``tile``: ``read_tile`` of random tiles (what `wsi_ats.engine.fetch` and ``to_dask`` call).
 
 Each figure is the median of ``--repeats`` runs, each on fresh random positions
 (OpenSlide's tile cache, 128 MiB, holds about an eighth of the decoded slide).

@@ -57,6 +57,7 @@ def measure(path: Path, config: Path, steps: int, threads: int | None = None) ->
     if threads:
         torch.set_num_threads(threads)
 
+    from wsi_ats.engine import forward_slide, plan_slide, read_windows, tissue_logits
     from wsi_ats.models import ATSModel, load_config
     from wsi_ats.readers import open_slide
 
@@ -65,21 +66,21 @@ def measure(path: Path, config: Path, steps: int, threads: int | None = None) ->
     model = ATSModel.from_config(cfg.model, ("negative", "positive")).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     slide = open_slide(path)
-    plan = model.plan(slide)
-    windows = list(model.read_windows(slide, plan))
+    plan = plan_slide(model, slide)
+    windows = list(read_windows(slide, plan))
     generator = torch.Generator().manual_seed(0)
     target = torch.tensor([1])
 
     def step() -> None:
-        logits, attention = model(slide, plan, windows, generator=generator)
-        loss = F.cross_entropy(logits, target) + model.regularizer(attention)
+        out = forward_slide(model, slide, plan, windows, generator=generator)
+        loss = F.cross_entropy(out.logits, target) + model.regularizer(out.attention)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
         optimizer.step()
 
     def attention_only() -> None:  # a loss that reaches every tissue cell, as the sampled one does
-        model.attention(model.window_logits(windows, plan)).square().sum().backward()
+        model.attention(tissue_logits(model, windows, plan)).square().sum().backward()
 
     def timed(fn, count: int) -> list[float]:
         out = []

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from wsi_ats.models import build
-from wsi_ats.models.grid import AttentionGrid
+from wsi_ats.engine.grid import AttentionGrid
 
 
 def net(seed: int = 0, **params) -> torch.nn.Module:

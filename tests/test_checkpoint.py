@@ -9,6 +9,7 @@ from test_models import CLASSES, tiny_model
 from toy_cohort import toy_image
 
 from wsi_ats import load_checkpoint, open_slide
+from wsi_ats.engine.run import predict_slide
 from wsi_ats.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 
 
@@ -27,7 +28,7 @@ def test_round_trip_loads_weights_only_and_predicts_identically(tmp_path, slide)
     loaded = load_checkpoint(path, device="cpu")
     assert loaded.config == model.config and loaded.class_names == CLASSES
     assert loaded.metadata == {"epochs": 3, "note": "test"}
-    before, after = (m.predict_slide(slide, seed=2, draws=2) for m in (model, loaded))
+    before, after = (predict_slide(m, slide, slide_id="toy", seed=2, draws=2) for m in (model, loaded))
     np.testing.assert_array_equal(before.probabilities, after.probabilities)
     np.testing.assert_array_equal(before.patch_top_left, after.patch_top_left)
     np.testing.assert_array_equal(before.attention, after.attention)

@@ -1,18 +1,14 @@
-"""The ATS model on slides: registry, geometry, tiled attention, sampling, gradients, predictions."""
+"""The networks: registry, recipes, geometry, and the ATS model's tensor forward (no slides)."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from toy_cohort import toy_image
 
-from wsi_ats import SlideResult, open_slide
 from wsi_ats.models import ATSModel, ConfigError, LevelSpec, ModelConfig, NetSpec, TissueSpec, available, build, load_config
-from wsi_ats.models import ats_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ("negative", "positive")
@@ -36,12 +32,6 @@ def tiny_config(padding: str = "valid", **changes) -> ModelConfig:
 def tiny_model(padding: str = "valid", seed: int = 0, **changes) -> ATSModel:
     torch.manual_seed(seed)
     return ATSModel.from_config(tiny_config(padding, **changes), CLASSES)
-
-
-@pytest.fixture(scope="module")
-def slide():
-    image, _ = toy_image(seed=7, positive=True, size=512)
-    return open_slide(image)
 
 
 # -- registry and config ------------------------------------------------------------------------
@@ -101,160 +91,57 @@ def test_unknown_recipe_key_is_an_error_naming_file_and_key(tmp_path):
         load_config(path)
 
 
-# -- attention over tissue ---------------------------------------------------------------------
+# -- the tensor forward --------------------------------------------------------------------------
 
 
-def whole_level_logits(model: ATSModel, slide, plan) -> torch.Tensor:
-    """The reference: one pass of the attention net over the whole low level, read at the tissue cells."""
-    image = slide.read_region(plan.low_level, (0, 0), plan.grid.low_shape)
-    out = model.attention_net(ats_model._image_tensor(image, model.device))[0]
-    assert tuple(out.shape) == plan.grid.shape
-    return out[plan.cells.coords[:, 0], plan.cells.coords[:, 1]]
+def random_patches(indices: torch.Tensor) -> torch.Tensor:
+    """A patch source without a slide: one fixed random 16-px patch per cell."""
+    table = torch.randint(0, 256, (100, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    return table[indices.reshape(-1)]
 
 
-@pytest.mark.parametrize("prior", [(), (("prior_kernel", 5), ("stain_prior", 4.0))], ids=["plain", "stain_prior"])
-@pytest.mark.parametrize("padding", ["valid", "same"])
-def test_tiled_inference_logits_equal_whole_level_logits(slide, padding, prior):
-    model = tiny_model(padding, attention=NetSpec("small_cnn", (("channels", 4), ("padding", padding), *prior))).eval()
-    assert ModelConfig.from_dict(model.config.to_dict()) == model.config  # a checkpoint rebuilds the net
-    plan = model.plan(slide)
-    assert len(plan.cells.tiles) > 4  # several tiles, so halos and borders are exercised
+def test_normalize_maps_uint8_to_the_nets_input_range_channels_first():
+    model = tiny_model()
+    x = model.normalize(torch.tensor([[[[0, 128, 255]]]], dtype=torch.uint8))
+    assert x.shape == (1, 3, 1, 1) and x.dtype == torch.float32
+    torch.testing.assert_close(x.flatten(), torch.tensor([-2.0, 128 / 255 / 0.25 - 2.0, 2.0]))
+    with pytest.raises(ValueError, match="uint8"):
+        model.normalize(torch.zeros(1, 4, 4, 3))
+
+
+def test_forward_draws_n_cells_per_draw_and_asks_for_all_patches_at_once():
+    model = tiny_model().eval()
+    asked = []
+
+    def patches(indices):
+        asked.append(tuple(indices.shape))
+        return random_patches(indices)
+
     with torch.no_grad():
-        whole = whole_level_logits(model, slide, plan)
-    tiled = model.logits_tiled(slide, plan)
-    assert not tiled.requires_grad
-    torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
+        out = model(torch.randn(100), patches, draws=3, generator=torch.Generator().manual_seed(0))
+    assert asked == [(3, model.n_patches)]
+    assert out.logits.shape == (3, len(CLASSES)) and out.attention.shape == (1, 100)
+    assert out.indices.shape == out.probs.shape == (3, model.n_patches)
+    torch.testing.assert_close(out.probs, out.attention[0][out.indices])
 
 
-@pytest.mark.parametrize("padding", ["valid", "same"])
-def test_training_logits_from_cached_windows_equal_whole_level_logits_and_gradients(slide, padding):
-    model = tiny_model(padding).train()
-    plan = model.plan(slide)
-    weights = torch.randn(len(plan.cells), generator=torch.Generator().manual_seed(0))
-
-    def gradients(logits: torch.Tensor) -> list[torch.Tensor]:
-        model.zero_grad()
-        (logits * weights).sum().backward()
-        return [p.grad.clone() for p in model.attention_net.parameters()]
-
-    whole = whole_level_logits(model, slide, plan)
-    windows = list(model.read_windows(slide, plan))
-    tiled = model.window_logits(windows, plan)
-    torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
-    for a, b in zip(gradients(tiled), gradients(whole), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-
-
-def test_attention_windows_follow_the_tissue_not_the_slide_size():
-    """The same tissue inside a 4x-area blank slide: as many tissue cells and about as many window pixels."""
-    small_image, _ = toy_image(seed=7, positive=True, size=512)
-    large_image = np.full((1024, 1024, 3), small_image[0, 0], np.uint8)  # its glass colour
-    large_image[448:960, 256:768] = small_image  # offsets on the 64-px tissue-mask grid
-    model = tiny_model(tile=24)  # tile edges fall differently on the two slides
-    small, large = (model.plan(open_slide(image)) for image in (small_image, large_image))
-
-    def window_pixels(plan) -> int:
-        return sum(int(np.prod(plan.window(k)[1])) for k in range(len(plan.cells.tiles)))
-
-    assert len(large.cells) == len(small.cells)
-    assert np.prod(large.grid.low_shape) > 3.5 * np.prod(small.grid.low_shape)
-    assert window_pixels(large) <= 1.2 * window_pixels(small)
-    assert window_pixels(small) < 0.8 * np.prod(small.grid.low_shape)  # the glass around the tissue is skipped
-
-
-@pytest.mark.parametrize("tissue", [True, False], ids=["tissue_mask", "whole_grid"])
-def test_each_tissue_tiles_box_is_the_tightest_box_around_its_cells(slide, tissue):
-    cells = tiny_model(tile=7, tissue=TissueSpec(downsample=16, enabled=tissue)).plan(slide).cells
-    assert len(cells.tiles) > 4
-    for k in range(len(cells.tiles)):
-        part = cells.coords[cells.offsets[k] : cells.offsets[k + 1]]
-        assert cells.cell_box(k) == (*part.min(axis=0).tolist(), *(part.max(axis=0) + 1).tolist())
-
-
-def test_tissue_cells_are_exactly_the_cells_centred_on_tissue(slide):
-    plan = tiny_model(tile=7).plan(slide)  # odd tile: tile edges fall inside mask pixels
-    grid = plan.grid
-    brute = plan.tissue.at(grid.cell_centres(0, grid.shape[0]), grid.cell_centres(0, grid.shape[1]))
-    found = np.zeros(grid.shape, bool)
-    found[plan.cells.coords[:, 0], plan.cells.coords[:, 1]] = True
-    np.testing.assert_array_equal(found, brute)
-    assert len(np.unique(plan.cells.coords, axis=0)) == len(plan.cells)
-
-
-def test_background_never_gets_attention(slide):
-    result = tiny_model().predict_slide(slide, seed=0)
-    plan = tiny_model().plan(slide)
-    assert result.attention.shape == plan.grid.shape
-    assert result.attention.sum() == pytest.approx(1.0, abs=1e-5)
-    on = np.zeros(plan.grid.shape, bool)
-    on[plan.cells.coords[:, 0], plan.cells.coords[:, 1]] = True
-    assert 0.1 < on.mean() < 0.9
-    assert (result.attention[~on] == 0).all() and (result.attention[on] > 0).all()
-
-
-def test_gradients_reach_attention_and_feature_nets(slide):
+def test_forward_gradients_reach_every_net():
     model = tiny_model().train()
-    plan = model.plan(slide)
-    logits, attention = model(slide, plan, list(model.read_windows(slide, plan)), generator=torch.Generator().manual_seed(0))
-    (torch.nn.functional.cross_entropy(logits, torch.tensor([1])) + model.regularizer(attention)).backward()
-    for net in (model.attention_net, model.feature_net, model.classifier):
-        grads = [p.grad for p in net.parameters()]
-        assert all(g is not None and torch.isfinite(g).all() for g in grads)
-        assert any(g.abs().sum() > 0 for g in grads)
+    out = model(torch.randn(100, requires_grad=True), random_patches, generator=torch.Generator().manual_seed(0))
+    (torch.nn.functional.cross_entropy(out.logits, torch.tensor([1])) + model.regularizer(out.attention)).backward()
+    for net in (model.feature_net, model.classifier):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
 
 
-# -- predictions -------------------------------------------------------------------------------
+def test_models_package_imports_no_slide_machinery():
+    """Networks are only networks: no reader, fetch, tissue, engine or output module behind them."""
+    import subprocess
+    import sys
 
-
-def test_predict_slide_fills_every_field_in_level0_coordinates(slide):
-    model = tiny_model()
-    result = model.predict_slide(slide, slide_id="toy", seed=3, draws=2)
-    assert isinstance(result, SlideResult)
-    assert result.slide_id == "toy" and result.class_names == CLASSES
-    assert result.probabilities.shape == (2,) and result.probabilities.sum() == pytest.approx(1.0)
-    assert result.prediction in CLASSES and 0.5 <= result.probability <= 1
-    assert result.attention_level == 1 and result.attention_downsample == 4.0
-    assert result.attention_origin == (12.0, 12.0)  # valid padding: radius 3 cells of 4 px
-    assert result.patch_level == 0 and result.patch_downsample == 1.0 and result.patch_size_level0 == 16
-    assert result.patch_top_left.shape == (12, 2) and result.patch_attention.shape == (12,)
-    assert result.patches_fetched == 12 and result.seconds > 0
-    assert (result.patch_attention > 0).all()
-    assert ((result.patch_top_left >= -16) & (result.patch_top_left < 512)).all()
-
-
-def test_same_seed_same_result_other_seed_other_patches(slide):
-    model = tiny_model()
-    a, b = (model.predict_slide(slide, seed=5, draws=3) for _ in range(2))
-    c = model.predict_slide(slide, seed=6, draws=3)
-    np.testing.assert_array_equal(a.probabilities, b.probabilities)
-    np.testing.assert_array_equal(a.patch_top_left, b.patch_top_left)
-    assert not np.array_equal(a.patch_top_left, c.patch_top_left)
-
-
-def test_topk_takes_the_cells_of_highest_attention_and_centres_patches_on_them(slide):
-    model = tiny_model()
-    result = model.predict_slide(slide, topk=True, draws=4)
-    assert len(result.patch_attention) == model.n_patches  # top-k ignores draws
-    best = np.sort(result.attention.ravel())[::-1][: model.n_patches]
-    np.testing.assert_allclose(result.patch_attention, best, rtol=1e-6)
-    # Each patch is centred on its cell: cell centre (level 0) = origin + (cell + 0.5) * downsample.
-    for (y, x), a in zip(result.patch_top_left, result.patch_attention):
-        cy, cx = (y + 8 - result.attention_origin[0]) / 4 - 0.5, (x + 8 - result.attention_origin[1]) / 4 - 0.5
-        assert result.attention[int(round(cy)), int(round(cx))] == pytest.approx(a, rel=1e-6)
-
-
-def test_huge_grids_return_a_block_summed_attention_map(slide, monkeypatch):
-    monkeypatch.setattr(ats_model, "MAX_MAP_CELLS", 1000)
-    result = tiny_model().predict_slide(slide)
-    full = tiny_model().plan(slide).grid.shape
-    assert result.attention.size <= 1000
-    factor = result.attention_downsample / 4
-    assert factor > 1 and result.attention.shape == tuple(int(np.ceil(s / factor)) for s in full)
-    assert result.attention.sum() == pytest.approx(1.0, abs=1e-5)
-
-
-def test_a_level_smaller_than_the_receptive_field_is_a_clear_error():
-    tiny = open_slide(np.full((6, 6, 3), 200, np.uint8))  # one level, 6 px: the 7 px field does not fit
-    model = tiny_model(tissue=TissueSpec(enabled=False))
-    with pytest.raises(ValueError, match="smaller than the attention net's receptive field"):
-        model.plan(tiny)
+    code = (
+        "import sys, wsi_ats.models, wsi_ats.checkpoint; "
+        "bad = [m for m in sys.modules if m.startswith(('wsi_ats.readers', 'wsi_ats.engine', 'wsi_ats.outputs', 'wsi_ats.pipeline'))]; "
+        "print(bad); sys.exit(bool(bad))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

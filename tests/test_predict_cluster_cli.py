@@ -19,7 +19,7 @@ from predict_data import TIMEOUT, cli_env, cohort_slides, trained_model
 from wsi_ats.cluster import session
 from wsi_ats.outputs import TIMING_COLUMNS, read_predictions
 from wsi_ats.pipeline import Pipeline
-from wsi_ats.predict import predict_command
+from wsi_ats.commands import predict_command
 
 DASK = str(Path(sys.executable).parent / "dask")
 

@@ -7,7 +7,7 @@ import pytest
 from toy_cohort import GLASS, toy_image
 
 from wsi_ats import open_slide
-from wsi_ats.tissue import otsu_threshold, tissue_mask
+from wsi_ats.engine.tissue import otsu_threshold, tissue_mask
 
 
 def test_tissue_mask_finds_the_tissue_of_a_synthetic_slide():

@@ -11,6 +11,8 @@ from test_models import tiny_config
 from toy_cohort import write_toy_cohort
 
 from wsi_ats import load_checkpoint
+from wsi_ats.commands import train_command
+from wsi_ats.evaluate import truth_boxes
 from wsi_ats.manifest import ManifestRow, read_manifest
 from wsi_ats.models import PipelineConfig, TrainConfig
 from wsi_ats.train import assign_splits, train
@@ -35,7 +37,8 @@ def test_tiny_model_overfits_a_four_slide_cohort(cohort, tmp_path):
 
 
 def test_run_writes_model_metrics_and_resume_state(cohort, tmp_path):
-    metrics = train(cohort, recipe(epochs=2), tmp_path, progress=False)
+    truth = truth_boxes(cohort.parent / "annotations", [r.slide_id for r in read_manifest(cohort)])
+    metrics = train(cohort, recipe(epochs=2), tmp_path, progress=False, truth=truth)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "metrics.json", "model.pt"]
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
@@ -78,3 +81,13 @@ def test_without_a_split_column_the_split_is_seeded_and_stratified():
     assert a == b and a != c
     for name, count in (("train", 12), ("val", 4), ("test", 4)):
         assert len(a[name]) == count and sum(r.label == "pos" for r in a[name]) == count // 2
+
+
+def test_train_command_reads_ground_truth_beside_the_manifest_by_default(cohort, tmp_path):
+    assert train_command(manifest=cohort, config=recipe(epochs=1), out=tmp_path) == 0
+    assert "patches_on_truth" in json.loads((tmp_path / "metrics.json").read_text())["test"]
+
+
+def test_train_command_with_a_missing_truth_folder_exits_2_naming_it(cohort, tmp_path, capsys):
+    assert train_command(manifest=cohort, config=recipe(epochs=1), out=tmp_path, truth=tmp_path / "nowhere") == 2
+    assert "nowhere: ground-truth folder not found" in capsys.readouterr().err

@@ -6,7 +6,7 @@ imports torch, and ``import wsi_ats`` stays fast.
 Importing the package (before torch) makes OpenMP threads sleep rather than spin while they
 wait (``OMP_WAIT_POLICY=PASSIVE``, unless set): on a machine whose cores are shared with
 other processes, spinning threads wait for descheduled peers and torch's many small
-parallel regions ran 5-14x slower (measured with 2 threads at load average 3-5); idle
+parallel regions slow down several-fold (``benchmarks/results/design-notes.md``); idle
 machines lose nothing measurable.
 """
 
@@ -25,10 +25,11 @@ _EXPORTS = {
     "Slide": "wsi_ats.readers",
     "Level": "wsi_ats.readers",
     "SlideError": "wsi_ats.readers",
-    "fetch_patches": "wsi_ats.fetch",
+    "fetch_patches": "wsi_ats.engine.fetch",
     "ATSModel": "wsi_ats.models",
     "load_checkpoint": "wsi_ats.checkpoint",
     "Pipeline": "wsi_ats.pipeline",
+    "predict_slide": "wsi_ats.engine.run",
     "SlideResult": "wsi_ats.result",
     "read_manifest": "wsi_ats.manifest",
 }

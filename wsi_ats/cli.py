@@ -38,22 +38,15 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from wsi_ats.train import train
+    from wsi_ats.commands import train_command
 
-    try:
-        metrics = train(args.manifest, args.config, args.out, seed=args.seed, epochs=args.epochs, device=args.device)
-    except (ValueError, FileNotFoundError) as err:  # bad manifest, recipe, checkpoint or resume: all ValueErrors
-        print(f"wsi-ats train: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    test = metrics.get("test", {})
-    if test:
-        print("test: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in test.items()))
-    print(f"model: {Path(args.out) / 'model.pt'}")
-    return EXIT_OK
+    return train_command(
+        manifest=args.manifest, config=args.config, out=args.out, seed=args.seed, epochs=args.epochs, device=args.device, truth=args.truth
+    )
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from wsi_ats.predict import predict_command
+    from wsi_ats.commands import predict_command
 
     return predict_command(
         model=args.model,
@@ -106,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    s.add_argument(
+        "--truth",
+        type=Path,
+        default=None,
+        help="folder of <slide_id>.geojson ground-truth annotations: metrics say where the attention goes "
+        "(default: annotations/ beside the manifest, as wsi-ats synth writes)",
+    )
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("predict", help="batch inference over slides, directories or a manifest")

@@ -6,7 +6,7 @@ sized to this machine; an address (``tcp://host:port``) or a scheduler file (JSO
 built this way:
 
 - One task per slide, one task at a time per worker process: a slide already keeps
-  several cores busy (torch's intra-op threads, the tile decoders of `wsi_ats.fetch`),
+  several cores busy (torch's intra-op threads, the tile decoders of `wsi_ats.engine.fetch`),
   and when a slide crashes its process it takes only itself down.
 - Torch threads per local worker = cores // workers (``OMP_NUM_THREADS`` in the worker's
   environment, read by torch at import): every core busy, none oversubscribed.

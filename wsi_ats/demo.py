@@ -28,6 +28,7 @@ def _step(title: str) -> float:
 
 def run_demo(out: str | Path = "demo-output") -> int:
     """Run every step; returns the exit code of the final batch prediction."""
+    from wsi_ats.evaluate import truth_boxes
     from wsi_ats.info import describe, format_description
     from wsi_ats.pipeline import Pipeline
     from wsi_ats.synth import make_cohort
@@ -54,7 +55,8 @@ def run_demo(out: str | Path = "demo-output") -> int:
 
     t = _step(f"3/4 train {RECIPE.name} -> {run_dir}")
     if not (run_dir / "model.pt").exists():
-        metrics = train(manifest, RECIPE, run_dir, seed=0)
+        truth = truth_boxes(cohort / "annotations", [r.slide_id for r in rows])
+        metrics = train(rows, RECIPE, run_dir, seed=0, truth=truth)
     else:
         import json
 

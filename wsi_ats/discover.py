@@ -61,6 +61,11 @@ def slide_stem(path: str | Path) -> str:
     return name
 
 
+def default_slide_id(source: object) -> str:
+    """The id of a slide given without one: `slide_stem` of a path or URL, ``"array"`` for an in-memory image."""
+    return slide_stem(str(source)) if isinstance(source, (str, os.PathLike)) else "array"
+
+
 def _walk(folder: Path, notes: list[str]) -> list[tuple[str, Path]]:
     """``(id, path)`` of the slides under ``folder``, sorted by name at every depth."""
     found: list[tuple[str, Path]] = []

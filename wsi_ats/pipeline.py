@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wsi_ats.discover import SlideSource, discover, slide_stem
+from wsi_ats.discover import SlideSource, default_slide_id, discover
 from wsi_ats.manifest import ManifestRow
 from wsi_ats.outputs import (
     OK,
@@ -91,13 +91,11 @@ def load_model(model_path: str | os.PathLike[str], device: str | None = None) ->
     return _load_cached(path, version, None if device is None else str(device))
 
 
-def predict_slide(model: "ATSModel", slide: "Slide", slide_id: str, seed: int, topk: bool, draws: int) -> SlideResult:
-    """The model on one open slide, with the slide's own seed."""
-    return model.predict_slide(slide, slide_id=slide_id, seed=slide_seed(seed, slide_id), draws=draws, topk=topk)
+def predict_with_seed(model: "ATSModel", slide: "Slide", slide_id: str, seed: int, topk: bool, draws: int) -> SlideResult:
+    """The engine on one open slide, with the slide's own seed (`slide_seed`)."""
+    from wsi_ats.engine.run import predict_slide
 
-
-def _default_id(source: object) -> str:
-    return slide_stem(source) if isinstance(source, (str, os.PathLike)) else "array"
+    return predict_slide(model, slide, slide_id=slide_id, seed=slide_seed(seed, slide_id), draws=draws, topk=topk)
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,7 @@ def predict_one(
     try:
         net = load_model(model, device) if isinstance(model, (str, os.PathLike)) else model
         with open_slide(source) as slide:
-            result = predict_slide(net, slide, slide_id, seed, topk, draws)
+            result = predict_with_seed(net, slide, slide_id, seed, topk, draws)
             files = slide_files(result, slide.thumbnail(THUMBNAIL_SIZE), slide.levels[0].shape, 1 if topk else draws)
     except Exception as err:  # noqa: BLE001 - a bad slide fails its row, never the batch
         return SlideOutcome(slide_id, source, time.perf_counter() - start, error=describe_error(err, source))
@@ -171,9 +169,9 @@ class Pipeline:
         if isinstance(source, ManifestRow):
             slide_id, source = slide_id or source.slide_id, source.path
         if isinstance(source, Slide):
-            return predict_slide(self.model, source, slide_id or _default_id(source.source), *self._options)
+            return predict_with_seed(self.model, source, slide_id or default_slide_id(source.source), *self._options)
         with open_slide(source) as slide:
-            return predict_slide(self.model, slide, slide_id or _default_id(source), *self._options)
+            return predict_with_seed(self.model, slide, slide_id or default_slide_id(source), *self._options)
 
     @property
     def _options(self) -> tuple[int, bool, int]:

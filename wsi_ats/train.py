@@ -3,28 +3,24 @@
 One slide per forward pass (slides differ in size), ``batch_size`` slides accumulated per
 Adam step, gradient-norm clipping, cross-entropy plus the entropy regularizer. Each
 training slide's plan and the low-level windows of its tissue tiles are read once and
-cached in memory for the run (`ATSModel.read_windows`: memory follows the tissue, not the
-slide; the attention net runs on them with gradients, see `wsi_ats.models.ats_model`);
-high-resolution patches always come through `wsi_ats.fetch.fetch_patches`. Evaluation runs
-the inference path, `ATSModel.predict_slide`.
+cached in memory for the run (`wsi_ats.engine.read_windows`: memory follows the tissue, not
+the slide; the attention net runs on them with gradients, see `wsi_ats.engine.attention`);
+each step is the engine's `forward_slide`, the same path as inference. Evaluation runs
+the inference path (`wsi_ats.evaluate`).
 
 Outputs in ``out_dir``: ``model.pt`` (the final model), ``last.pt`` (model, optimizer and
 history after the last finished epoch: a rerun resumes from it) and ``metrics.json``.
 Every random step derives from ``seed``: same seed, same metrics.
 
-Ground truth, where a cohort has it (``wsi-ats synth`` writes
-``<manifest folder>/annotations/<slide_id>.geojson``, level-0 boxes of the lesions or
-mimics), measures where the attention goes: see `evaluate`.
+Ground truth, when given (``truth``: level-0 boxes per slide id, e.g. from
+`wsi_ats.evaluate.truth_boxes`), measures where the attention goes: see `wsi_ats.evaluate`.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +31,14 @@ from tqdm.auto import tqdm
 
 from wsi_ats.checkpoint import read_checkpoint, save_checkpoint
 from wsi_ats.device import autocast, peak_memory, select_device
+from wsi_ats.engine.plan import plan_slide
+from wsi_ats.engine.run import forward_slide
+from wsi_ats.engine.windows import read_windows
+from wsi_ats.evaluate import evaluate
 from wsi_ats.manifest import ManifestRow, read_manifest
 from wsi_ats.models import ATSModel, PipelineConfig, TrainConfig, load_config
+from wsi_ats.outputs.atomic import atomic_write_text
 from wsi_ats.readers import open_slide
-
-#: Where ground truth lives, relative to the manifest's folder (``wsi-ats synth``'s layout).
-TRUTH_FOLDER = "annotations"
-
 
 def train(
     manifest: str | Path | Sequence[ManifestRow],
@@ -52,10 +49,14 @@ def train(
     epochs: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    truth: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Train on the manifest's ``train`` split, validate each epoch, test at the end; returns the metrics written to ``metrics.json``."""
+    """Train on the manifest's ``train`` split, validate each epoch, test at the end; returns the metrics written to ``metrics.json``.
+
+    ``truth`` (level-0 ``(y0, x0, y1, x1)`` boxes per slide id) adds where the attention goes
+    to the validation and test metrics.
+    """
     rows = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
-    truth_dir = Path(manifest).parent / TRUTH_FOLDER if isinstance(manifest, (str, Path)) else None
     cfg = config if isinstance(config, PipelineConfig) else load_config(config)
     epochs = cfg.train.epochs if epochs is None else int(epochs)
     splits = assign_splits(rows, cfg.train, seed)
@@ -81,7 +82,7 @@ def train(
             stats = _train_epoch(model, optimizer, splits["train"], cache, cfg.train, seed, epoch, epochs, progress, step_seconds)
             record = {"epoch": epoch + 1, **stats}
             if splits["val"]:
-                val = evaluate(model, splits["val"], seed=seed, draws=cfg.train.eval_draws, topk=cfg.train.eval_topk, truth_dir=truth_dir)
+                val = evaluate(model, splits["val"], seed=seed, draws=cfg.train.eval_draws, topk=cfg.train.eval_topk, truth=truth)
                 record.update({f"val_{k}": v for k, v in val.items() if k != "slides"})
             record["seconds"] = round(time.perf_counter() - epoch_start, 3)
             history.append(record)
@@ -95,7 +96,7 @@ def train(
     held_out = "test" if splits["test"] else "val"
     test = {}
     if splits[held_out]:
-        test = evaluate(model, splits[held_out], seed=seed, draws=cfg.train.eval_draws, topk=cfg.train.eval_topk, truth_dir=truth_dir)
+        test = evaluate(model, splits[held_out], seed=seed, draws=cfg.train.eval_draws, topk=cfg.train.eval_topk, truth=truth)
     metrics = {
         "class_names": list(class_names),
         "seed": seed,
@@ -110,59 +111,8 @@ def train(
         "config": cfg.to_dict(),
     }
     save_checkpoint(out / "model.pt", model, metadata={**identity, "test": test, "epochs": len(history)})
-    _write_json(out / "metrics.json", metrics)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
-
-
-def evaluate(
-    model: ATSModel,
-    rows: Sequence[ManifestRow],
-    *,
-    seed: int = 0,
-    draws: int = 1,
-    topk: bool = False,
-    client: Any = None,
-    truth_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """Accuracy and mean negative log-likelihood of ``model.predict_slide`` on ``rows``.
-
-    With ground truth in ``truth_dir`` (``<slide_id>.geojson``), also where the attention
-    goes, averaged over slides: ``patches_on_truth``, the fraction of sampled patches that
-    overlap a box; ``truth_tissue_fraction``, the fraction of the tissue area the boxes
-    cover; ``patches_on_truth_uniform``, what ``patches_on_truth`` would be if the patches
-    were drawn uniformly over the tissue cells (the fair baseline: a patch overlaps a box
-    from further away than the box's own area); ``concentration``, the ratio of the first
-    to the last.
-    """
-    index = {c: i for i, c in enumerate(model.class_names)}
-    nll, correct, where = [], [], []
-    for row in rows:
-        with open_slide(row.path) as slide:
-            result = model.predict_slide(slide, slide_id=row.slide_id, seed=seed, draws=draws, topk=topk, client=client)
-            boxes = read_truth_boxes(Path(truth_dir) / f"{row.slide_id}.geojson") if truth_dir is not None else None
-            if boxes is not None:
-                where.append(_attention_on_truth(model, slide, result, boxes))
-        p = float(result.probabilities[index[row.label]]) if row.label in index else 0.0
-        nll.append(-math.log(max(p, 1e-12)))
-        correct.append(result.prediction == row.label)
-    out: dict[str, Any] = {"slides": len(rows), "accuracy": float(np.mean(correct)), "loss": float(np.mean(nll))}
-    if where:
-        out.update({k: float(np.mean([w[k] for w in where])) for k in where[0]})
-        out["concentration"] = out["patches_on_truth"] / max(out["patches_on_truth_uniform"], 1e-12)
-    return out
-
-
-def read_truth_boxes(path: Path) -> np.ndarray | None:
-    """Level-0 ``(y0, x0, y1, x1)`` bounding boxes of the polygons of a GeoJSON file, or None when there is none."""
-    if not path.is_file():
-        return None
-    try:
-        features = json.loads(path.read_text(encoding="utf-8"))["features"]
-        rings = [np.asarray(f["geometry"]["coordinates"][0], dtype=np.float64) for f in features]
-    except (ValueError, KeyError, TypeError, IndexError) as err:
-        raise ValueError(f"{path}: not a GeoJSON FeatureCollection of polygons ({err})") from None
-    boxes = [(r[:, 1].min(), r[:, 0].min(), r[:, 1].max(), r[:, 0].max()) for r in rings]  # GeoJSON is (x, y)
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
 
 def assign_splits(rows: Sequence[ManifestRow], cfg: TrainConfig, seed: int) -> dict[str, list[ManifestRow]]:
@@ -211,14 +161,15 @@ def _train_epoch(
         row = rows[k]
         if row.slide_id not in cache:
             slide = open_slide(row.path)
-            plan = model.plan(slide)
-            cache[row.slide_id] = (slide, plan, list(model.read_windows(slide, plan)))
+            plan = plan_slide(model, slide)
+            cache[row.slide_id] = (slide, plan, list(read_windows(slide, plan)))
         slide, plan, windows = cache[row.slide_id]
         start = time.perf_counter()
         target = torch.tensor([index[row.label]], device=device)
         with autocast(device, cfg.amp):
-            logits, attention = model(slide, plan, windows, generator=generator)
-        loss = F.cross_entropy(logits.float(), target) + model.regularizer(attention)
+            out = forward_slide(model, slide, plan, windows, generator=generator)
+        logits = out.logits
+        loss = F.cross_entropy(logits.float(), target) + model.regularizer(out.attention)
         (loss / cfg.batch_size).backward()
         if (i + 1) % cfg.batch_size == 0 or i + 1 == len(order):
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
@@ -229,30 +180,6 @@ def _train_epoch(
         correct.append(int(logits.argmax(dim=1)) == index[row.label])
         bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{np.mean(correct):.2f}")
     return {"loss": float(np.mean(losses)), "accuracy": float(np.mean(correct))}
-
-
-def _attention_on_truth(model: ATSModel, slide: Any, result: Any, boxes: np.ndarray) -> dict[str, float]:
-    """Sampled-patch hits, their uniform-sampling baseline, and the tissue share of the boxes on one slide."""
-    size = result.patch_size_level0
-    plan = model.plan(slide)
-    drawn = _overlaps(result.patch_top_left.astype(np.float64), size, boxes)
-    # Every tissue cell's patch, as `predict_slide` would place it if that cell were drawn.
-    every = model.patch_corners(plan, torch.arange(len(plan.cells))) * plan.high_downsample
-    uniform = _overlaps(every, size, boxes)
-    area = float(np.prod(boxes[:, 2:] - boxes[:, :2], axis=1).sum())
-    tissue = plan.tissue.mask.sum() * plan.tissue.downsample**2 if plan.tissue is not None else np.prod(slide.levels[0].shape)
-    return {
-        "patches_on_truth": float(drawn.mean()) if len(drawn) else 0.0,
-        "patches_on_truth_uniform": float(uniform.mean()) if len(uniform) else 0.0,
-        "truth_tissue_fraction": area / max(float(tissue), 1.0),
-    }
-
-
-def _overlaps(top_left: np.ndarray, size: float, boxes: np.ndarray) -> np.ndarray:
-    """Whether each square ``[y, y + size) x [x, x + size)`` meets any box."""
-    y, x = top_left[:, :1], top_left[:, 1:]
-    hit = (y < boxes[:, 2]) & (y + size > boxes[:, 0]) & (x < boxes[:, 3]) & (x + size > boxes[:, 1])
-    return hit.any(axis=1)
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
@@ -306,10 +233,3 @@ def _resume(path: Path, model: ATSModel, optimizer: torch.optim.Optimizer, ident
     optimizer.load_state_dict(payload["training"]["optimizer"])
     return list(payload["training"]["history"])
 
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically: a temporary file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)

@@ -1,17 +1,21 @@
-"""Networks by name and the ATS model that joins them to a slide."""
+"""Networks by name and the ATS model that joins them: tensors in, tensors out, no slides.
 
-from wsi_ats.models.ats_model import ATSModel, SlidePlan
+Importing this package registers the built-in networks (each module registers its own).
+"""
+
+from wsi_ats.models.registry import available, build, register  # noqa: I001 - the registry before the nets
+from wsi_ats.models import attention, classifier, features  # noqa: F401 - registers the built-in nets
+from wsi_ats.models.ats_model import ATSModel, ATSOutput
 from wsi_ats.models.config import ConfigError, LevelSpec, ModelConfig, NetSpec, PipelineConfig, TissueSpec, TrainConfig, load_config
-from wsi_ats.models.registry import available, build, register
 
 __all__ = [
     "ATSModel",
+    "ATSOutput",
     "ConfigError",
     "LevelSpec",
     "ModelConfig",
     "NetSpec",
     "PipelineConfig",
-    "SlidePlan",
     "TissueSpec",
     "TrainConfig",
     "available",

@@ -3,7 +3,8 @@
 Three kinds: ``attention`` (low-level image -> one logit per grid cell), ``features``
 (patches -> vectors, exposing ``out_features``) and ``classifier`` (vector -> class logits,
 built with ``in_features`` and ``num_classes``). A recipe names them; a checkpoint stores
-the names and parameters and rebuilds the same modules.
+the names and parameters and rebuilds the same modules. The registry knows no network: each
+module registers its own when imported, and ``wsi_ats.models`` imports the built-in ones.
 """
 
 from __future__ import annotations
@@ -36,13 +37,11 @@ def register(kind: str, name: str) -> Callable[[F], F]:
 
 def available(kind: str) -> tuple[str, ...]:
     """Registered names of one kind, sorted."""
-    _load_builtins()
     return tuple(sorted(_REGISTRY[kind]))
 
 
 def build(kind: str, name: str, **params: Any) -> nn.Module:
     """Instantiate a registered network; bad names or parameters say what is accepted."""
-    _load_builtins()
     if kind not in _REGISTRY:
         raise ValueError(f"unknown network kind {kind!r}; kinds: {', '.join(KINDS)}")
     factory = _REGISTRY[kind].get(name)
@@ -54,7 +53,3 @@ def build(kind: str, name: str, **params: Any) -> nn.Module:
         raise ValueError(f"{kind} network {name!r} takes no parameter(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}")
     return factory(**params)
 
-
-def _load_builtins() -> None:
-    """Importing the modules registers the built-in networks."""
-    from wsi_ats.models import attention, classifier, features  # noqa: F401

@@ -1,6 +1,6 @@
 """The sampled patches of a result as a flat list, each with the Monte-Carlo draw it came from.
 
-`ATSModel.predict_slide` returns all draws concatenated, draw after draw:
+`wsi_ats.engine.predict_slide` returns all draws concatenated, draw after draw:
 ``patch_top_left`` ``(draws * n, 2)`` and ``patch_attention`` ``(draws * n,)``; the caller
 knows ``draws`` (1 with top-k), and every draw has the same ``n``.
 """

@@ -87,7 +87,7 @@ class Slide(abc.ABC):
         """Tile ``(ty, tx)`` of the level's tile grid, clipped at the right and bottom edges.
 
         Backends with a native tile decoder override this; it is what `to_dask`
-        and `wsi_ats.fetch` call, so each tile is decoded exactly once there.
+        and `wsi_ats.engine.fetch` call, so each tile is decoded exactly once there.
         """
         return self._read(level, *self.tile_box(level, ty, tx))
 

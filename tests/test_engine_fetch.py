@@ -1,18 +1,15 @@
-"""`wsi_ats.fetch`: patches equal `read_region`, each covering tile decoded once, threads or a cluster;
-`wsi_ats.prefetch`: ordered background fetching and device staging."""
+"""`wsi_ats.engine.fetch`: patches equal `read_region`, each covering tile decoded once, threads or a cluster."""
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 
-from wsi_ats.fetch import FetchStats, fetch_patches, fetch_patches_with_stats, plan_fetch
-from wsi_ats.prefetch import Prefetcher, to_tensor
+from wsi_ats.engine.fetch import FetchStats, fetch_patches, fetch_patches_with_stats, plan_fetch
+from wsi_ats.engine.prefetch import Prefetcher
 from wsi_ats.readers import open_slide
 from wsi_ats.readers.base import Slide
 
@@ -188,98 +185,9 @@ def test_distributed_client_gives_the_threaded_result_decoding_each_tile_once(cl
         assert len(plan_fetch(slide, 0, tops, 150, n_groups=4).straddlers) > 0
 
 
-# -- prefetch --------------------------------------------------------------------------------------
-def test_prefetcher_yields_every_job_with_its_result_in_order():
-    assert list(Prefetcher(range(6), lambda j: j * j, depth=2)) == [(j, j * j) for j in range(6)]
-
-
-def test_prefetcher_fetches_the_next_job_while_the_caller_works():
-    started = {j: threading.Event() for j in range(3)}
-
-    def fetch(job):
-        started[job].set()
-        return job
-
-    with Prefetcher(range(3), fetch) as jobs:
-        for job, _ in jobs:
-            if job < 2:  # still holding `job`: the next one must already be under way
-                assert started[job + 1].wait(timeout=10)
-
-
-def test_prefetcher_draws_jobs_only_depth_ahead_and_stops_when_closed():
-    drawn = []
-
-    def endless():
-        for j in itertools.count():
-            drawn.append(j)
-            yield j
-
-    with Prefetcher(endless(), lambda j: j, depth=2) as jobs:
-        for job, _ in jobs:
-            assert len(drawn) <= job + 1 + 2
-            if job == 3:
-                break
-    assert next(jobs, None) is None and len(drawn) == 6
-
-
-def test_prefetcher_raises_a_failed_fetch_in_its_place():
-    def fetch(job):
-        if job == 2:
-            raise RuntimeError("tile 2 is corrupt")
-        return job
-
-    seen = []
-    with pytest.raises(RuntimeError, match="tile 2 is corrupt"):
-        for job, _ in Prefetcher(range(5), fetch):
-            seen.append(job)
-    assert seen == [0, 1]
-
-
-def test_prefetcher_raises_a_failing_job_source_after_the_jobs_before_it():
-    def jobs():
-        yield from (0, 1)
-        raise OSError("manifest unreadable")
-
-    seen = []
-    with pytest.raises(OSError, match="manifest unreadable"):
-        for job, _ in Prefetcher(jobs(), lambda j: j, depth=3):
-            seen.append(job)
-    assert seen == [0, 1]
-
-
 def test_prefetcher_fetches_patches_for_each_job(slide_paths):
     slide = open_slide(slide_paths["svs"])
     batches = [np.array([[0, 0], [500, 700]]), np.array([[-10, 1400]])]
     out = list(Prefetcher(batches, lambda tops: fetch_patches(slide, 0, tops, 64)))
     for (tops, patches), want in zip(out, batches):
         np.testing.assert_array_equal(patches, expected(slide, 0, want, 64))
-
-
-# -- to_tensor -------------------------------------------------------------------------------------
-def test_to_tensor_is_float_channels_first_in_unit_range():
-    patches = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
-    x = to_tensor(patches, "cpu")
-    assert x.shape == (4, 3, 8, 8) and x.dtype == torch.float32 and x.is_contiguous()
-    torch.testing.assert_close(x, torch.from_numpy(patches).permute(0, 3, 1, 2).float() / 255)
-
-
-def test_to_tensor_normalises_each_channel():
-    patches = np.zeros((2, 4, 4, 3), np.uint8)
-    patches[..., 0], patches[..., 1], patches[..., 2] = 255, 51, 0
-    x = to_tensor(patches, "cpu", mean=(0.5, 0.2, 0.1), std=(0.5, 0.1, 0.2))
-    for c, want in enumerate([1.0, 0.0, -0.5]):
-        torch.testing.assert_close(x[:, c], torch.full((2, 4, 4), want))
-
-
-def test_to_tensor_rejects_float_images():
-    with pytest.raises(ValueError, match="uint8"):
-        to_tensor(np.zeros((1, 4, 4, 3), np.float32), "cpu")
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_to_tensor_lands_on_cuda_equal_to_cpu():
-    patches = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
-    x = to_tensor(patches, "cuda", mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4))
-    assert x.device.type == "cuda"
-    torch.testing.assert_close(x.cpu(), to_tensor(patches, "cpu", mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4)))

@@ -18,27 +18,9 @@ tiles each patch touches — and the dask graph holds only a handful of tasks:
   at least `MIN_TILES_PER_TASK` tiles each), so task overhead stays far below
   decode time while the workers stay balanced.
 
-Why so, measured while building it (2 shared CPU cores, 256 patches of 256 px in the
-tissue of a 40k x 40k JPEG TIFF, about 970 tiles; current figures in
-``benchmarks/results/fetch.json``, made by ``benchmarks/fetch.py``):
-
-* One task per tile plus one per patch, the textbook graph: on threads about as
-  fast (1.56x against 1.46x the bare decode loop, on a busy machine), but on a
-  two-process ``LocalCluster`` 10.1 s against 1.7 s for the grouped graph — every
-  tile crossed processes and each of ~1,200 tasks cost scheduler time.
-* Decoding a group's tiles first and assembling after: 0.45 s of CPU against
-  0.33-0.38 s when a tile is decoded at its first use and dropped after its last
-  (`_LiveTiles`; the bare decode loop takes 0.29 s). Holding every tile means
-  fresh pages for each one; dropping them lets the allocator reuse warm buffers.
-* Equal tile counts balance the workers: from 1 to 8 groups per worker the
-  CPU-time makespan on 2 workers stayed within 1-3% of a perfect split. In wall
-  time, paired against 2 groups per thread (21 repeats, n = 256, busy machine),
-  1/4/8/32 per thread took 1.01/0.93/0.96/0.90: small tasks help when the OS
-  preempts a worker, so `TASKS_PER_THREAD` is 4 (32 would add straddlers). On a
-  2-process ``LocalCluster`` the same sweep went the other way (1/4/8/32 per
-  worker: 0.89/1.10/1.13/1.33 of 2): `TASKS_PER_DISTRIBUTED_WORKER` is 1.
-* On the threaded scheduler tasks paste straight into the output array (shared
-  memory): no second copy of the patches, and half the peak memory.
+Why this graph and these constants rather than the textbook one (a task per tile and per
+patch), the measurements that chose them: ``benchmarks/results/design-notes.md``; current
+figures: ``benchmarks/results/fetch.json``, made by ``benchmarks/fetch.py``.
 
 Tasks receive the slide itself, which pickles as its path and reopens on a worker
 through the readers' per-process handle cache (in-memory slides pickle their

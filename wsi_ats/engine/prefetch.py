@@ -1,52 +1,14 @@
-"""Keep the decoder busy while the model computes: background fetch of the next job, and device staging.
-
-Kept apart from `wsi_ats.fetch` so that readers and fetch never import torch;
-torch is imported inside `to_tensor` only.
-"""
+"""Keep the decoder busy while the model computes: the next job is fetched on a background thread."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Generic, TypeVar
-
-import numpy as np
-
-if TYPE_CHECKING:
-    import torch
+from typing import Generic, TypeVar
 
 J = TypeVar("J")
 R = TypeVar("R")
-
-
-def to_tensor(
-    patches: np.ndarray,
-    device: "str | torch.device" = "cpu",
-    *,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> "torch.Tensor":
-    """``(n, P, P, 3) uint8`` -> float32 ``[n, 3, P, P]`` on ``device``, scaled to [0, 1], then ``(x - mean) / std``.
-
-    The uint8 array crosses to the device (four times fewer bytes than floats)
-    from pinned memory with a non-blocking copy when the device is CUDA; scaling
-    and normalisation then run on the device.
-    """
-    import torch
-
-    if patches.ndim != 4 or patches.shape[-1] != 3 or patches.dtype != np.uint8:
-        raise ValueError(f"to_tensor expects (n, P, P, 3) uint8 patches, got {patches.shape} {patches.dtype}")
-    device = torch.device(device)
-    x = torch.from_numpy(np.ascontiguousarray(patches))
-    if device.type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).to(dtype=torch.float32, memory_format=torch.contiguous_format).div_(255.0)
-    if mean is not None:
-        x.sub_(torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1))
-    if std is not None:
-        x.div_(torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1))
-    return x
 
 
 class Prefetcher(Generic[J, R]):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wsi_ats.tissue import TissueMask
+from wsi_ats.engine.tissue import TissueMask
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,93 @@
+"""The ``wsi-ats train`` and ``predict`` commands as functions returning exit codes.
+
+They live here rather than in `wsi_ats.cli` (argument parsing only) so Python callers get
+the same behaviour and exit codes: 0 on success (every slide ok), 1 when any slide failed
+(its row says why), 2 for bad usage or input -- an unknown ``--scheduler``, a bad manifest
+or recipe, a missing or foreign model, no slides at all, an unreachable cluster, or an
+``OUT`` whose ``predictions.csv`` is not ours. Usage is checked before the model is
+loaded, and the model before any cluster starts, so a mistake costs no startup time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from wsi_ats.cluster import LOCAL, scheduler_kind, session
+
+EXIT_USAGE = 2
+
+
+def predict_command(
+    *,
+    model: str | os.PathLike[str],
+    slides: Sequence[str | os.PathLike[str]] = (),
+    manifest: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str],
+    scheduler: str = LOCAL,
+    workers: int | None = None,
+    seed: int = 0,
+    topk: bool = False,
+    draws: int = 1,
+    device: str | None = None,
+) -> int:
+    """Predict ``slides`` (files or folders) or the rows of ``manifest`` into ``out``; returns the exit code.
+
+    ``scheduler``: ``local`` (a cluster on this machine, ``workers`` processes),
+    ``threads`` (this process) or a running cluster's address or scheduler file.
+    """
+    from wsi_ats.manifest import read_manifest
+    from wsi_ats.pipeline import Pipeline, exit_code
+
+    try:
+        scheduler_kind(scheduler, workers)
+        sources = read_manifest(manifest) if manifest else list(slides)
+        pipeline = Pipeline(model, device=device, seed=seed, topk=topk, draws=draws)
+        with session(scheduler, workers, device=device) as client:
+            rows = pipeline.run_many(sources, out, client=client)
+    except (ValueError, FileNotFoundError) as err:  # ManifestError, CheckpointError, SchedulerError, NoSlidesError
+        print(f"wsi-ats predict: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return exit_code(rows)
+
+
+#: Where ground truth is looked for when ``train_command`` is given none: ``wsi-ats synth``'s layout.
+TRUTH_BESIDE_MANIFEST = "annotations"
+
+
+def train_command(
+    *,
+    manifest: str | os.PathLike[str],
+    config: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    seed: int = 0,
+    epochs: int | None = None,
+    device: str | None = None,
+    truth: str | os.PathLike[str] | None = None,
+) -> int:
+    """Train on ``manifest`` with the recipe ``config`` into ``out``; returns the exit code.
+
+    ``truth``: a folder of ``<slide_id>.geojson`` ground-truth annotations (default: an
+    ``annotations/`` folder beside the manifest, where ``wsi-ats synth`` writes them).
+    """
+    from wsi_ats.evaluate import truth_boxes
+    from wsi_ats.manifest import read_manifest
+    from wsi_ats.train import train
+
+    try:
+        rows = read_manifest(manifest)
+        folder = Path(truth) if truth is not None else Path(manifest).parent / TRUTH_BESIDE_MANIFEST
+        if truth is not None and not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: ground-truth folder not found")
+        boxes = truth_boxes(folder, [r.slide_id for r in rows])
+        metrics = train(rows, config, out, seed=seed, epochs=epochs, device=device, truth=boxes)
+    except (ValueError, FileNotFoundError) as err:  # bad manifest, recipe, checkpoint or resume: all ValueErrors
+        print(f"wsi-ats train: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    test = metrics.get("test", {})
+    if test:
+        print("test: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in test.items()))
+    print(f"model: {Path(out) / 'model.pt'}")
+    return 0

@@ -1,0 +1,101 @@
+"""The slide engine: a slide passes each step once, in order; inference and training share it.
+
+plan (`plan_slide`) -> windows (`read_windows`) -> attention logits (`tissue_logits`) ->
+the model samples cells -> patch corners (`patch_corners`) -> covering tiles decoded once
+(`fetch_patches`) -> the model's features, expectation and classifier -> `slide_result`.
+
+Memory and time follow the tissue area and ``n``, not the slide's size: the attention runs
+window by window over tissue only, and all patches of all draws are fetched in one call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsi_ats.device import autocast, to_device
+from wsi_ats.engine.assemble import slide_result
+from wsi_ats.engine.attention import tissue_logits
+from wsi_ats.engine.coordinates import patch_corners
+from wsi_ats.engine.fetch import fetch_patches
+from wsi_ats.engine.plan import SlidePlan, plan_slide
+from wsi_ats.engine.windows import read_windows
+from wsi_ats.models import ATSModel
+from wsi_ats.models.ats_model import ATSOutput
+from wsi_ats.readers.base import Slide
+from wsi_ats.result import SlideResult
+
+
+class SlidePatches:
+    """The model's patch source on one slide: drawn cells -> their corners -> one fetch of all their patches.
+
+    Keeps the corners of its last call, which the result reports in level-0 pixels.
+    """
+
+    def __init__(self, model: ATSModel, slide: Slide, plan: SlidePlan, client: Any = None) -> None:
+        self.model, self.slide, self.plan, self.client = model, slide, plan, client
+        self.corners = np.zeros((0, 2), np.int64)
+
+    def __call__(self, indices: torch.Tensor) -> torch.Tensor:
+        size = self.model.patch_size
+        self.corners = patch_corners(self.plan, indices, size)
+        patches = fetch_patches(self.slide, self.plan.high_level, self.corners, size, client=self.client)
+        return to_device(patches, self.model.device)
+
+
+def forward_slide(
+    model: ATSModel,
+    slide: Slide,
+    plan: SlidePlan,
+    windows: Sequence[np.ndarray],
+    *,
+    generator: torch.Generator | None = None,
+    client: Any = None,
+) -> ATSOutput:
+    """Training pass on one slide (one draw, gradients on): ``windows`` are its cached `read_windows`."""
+    return model(tissue_logits(model, windows, plan), SlidePatches(model, slide, plan, client), generator=generator)
+
+
+@torch.no_grad()
+def predict_slide(
+    model: ATSModel,
+    slide: Slide,
+    *,
+    slide_id: str,
+    seed: int = 0,
+    draws: int = 1,
+    topk: bool = False,
+    client: Any = None,
+) -> SlideResult:
+    """Class probabilities of one slide, averaged over ``draws`` samples (or from the top-``n`` cells).
+
+    Deterministic for a given ``seed``; the model is put in eval mode for the call.
+    """
+    start, was_training = time.perf_counter(), model.training
+    model.eval()
+    try:
+        plan = plan_slide(model, slide)
+        generator = torch.Generator(device=model.device).manual_seed(int(seed))
+        patches = SlidePatches(model, slide, plan, client)
+        with autocast(model.device):
+            logits = tissue_logits(model, read_windows(slide, plan), plan)
+            out = model(logits, patches, draws=draws, topk=topk, generator=generator)
+        probabilities = torch.softmax(out.logits.float(), dim=-1).mean(dim=0)
+    finally:
+        model.train(was_training)
+    return slide_result(
+        slide_id=slide_id,
+        source=slide.source,
+        class_names=model.class_names,
+        plan=plan,
+        probabilities=probabilities.cpu().numpy(),
+        attention=out.attention[0].cpu().numpy(),
+        top_left=patches.corners,
+        patch_size=model.patch_size,
+        patch_attention=out.probs.reshape(-1).cpu().numpy(),
+        seconds=time.perf_counter() - start,
+    )
