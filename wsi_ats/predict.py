@@ -24,6 +24,7 @@ def predict_command(
     model: str | os.PathLike[str],
     slides: Sequence[str | os.PathLike[str]] = (),
     manifest: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str],
     scheduler: str = LOCAL,
     workers: int | None = None,
@@ -42,7 +43,7 @@ def predict_command(
 
     try:
         scheduler_kind(scheduler, workers)
-        sources = read_manifest(manifest) if manifest else list(slides)
+        sources = read_manifest(manifest, root=root) if manifest else list(slides)
         pipeline = Pipeline(model, device=device, seed=seed, topk=topk, draws=draws)
         with session(scheduler, workers, device=device) as client:
             rows = pipeline.run_many(sources, out, client=client)

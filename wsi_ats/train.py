@@ -52,9 +52,10 @@ def train(
     epochs: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    root: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train on the manifest's ``train`` split, validate each epoch, test at the end; returns the metrics written to ``metrics.json``."""
-    rows = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
+    rows = read_manifest(manifest, root=root) if isinstance(manifest, (str, Path)) else list(manifest)
     truth_dir = Path(manifest).parent / TRUTH_FOLDER if isinstance(manifest, (str, Path)) else None
     cfg = config if isinstance(config, PipelineConfig) else load_config(config)
     epochs = cfg.train.epochs if epochs is None else int(epochs)
