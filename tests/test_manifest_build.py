@@ -120,7 +120,7 @@ def test_a_case_pattern_gives_the_case_and_skips_names_it_does_not_match(tmp_pat
     rules = [LabelRule.parse("TCGA-??-????-01*=tumor"), LabelRule.parse("TCGA-??-????-11*=normal"), LabelRule.parse("*=other")]
     built = build_manifest(folder, rules=rules, case_pattern=re.compile(r"^(TCGA-\w\w-\w{4})"))
     assert [(r.label, r.case_id) for r in built.rows] == [("tumor", "TCGA-AA-0001"), ("normal", "TCGA-AA-0001")]
-    assert built.notes == (f"{tmp_path / 'scan7.svs'}: file name does not match --case '^(TCGA-\\\\w\\\\w-\\\\w{{4}})'",)
+    assert built.notes == (f"{tmp_path / 'scan7.svs'}: skipped, file name does not match --case '^(TCGA-\\\\w\\\\w-\\\\w{{4}})'",)
 
 
 def test_a_folder_without_slides_is_refused(tmp_path):

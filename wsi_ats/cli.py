@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("manifest", help="list the slides under a folder, label them, split them per case: a manifest")
     s.add_argument("folder", type=Path, help="folder searched recursively for slides")
-    s.add_argument("--out", required=True, type=Path, help="manifest to write (an existing one is replaced)")
+    s.add_argument("--out", required=True, type=Path, help="manifest to write (replaces an existing manifest, refuses any other file)")
     s.add_argument(
         "--label",
         action="append",

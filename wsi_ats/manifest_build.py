@@ -189,7 +189,7 @@ def build_manifest(
         if case_pattern is not None:
             match = case_pattern.search(rel.rsplit("/", 1)[-1])
             if match is None:
-                unlabelled.append(f"{slide.path}: file name does not match --case {case_pattern.pattern!r}")
+                unlabelled.append(f"{slide.path}: skipped, file name does not match --case {case_pattern.pattern!r}")
                 continue
             case_id = match.group(1)
         if labels is None:
