@@ -91,3 +91,11 @@ def test_train_command_reads_ground_truth_beside_the_manifest_by_default(cohort,
 def test_train_command_with_a_missing_truth_folder_exits_2_naming_it(cohort, tmp_path, capsys):
     assert train_command(manifest=cohort, config=recipe(epochs=1), out=tmp_path, truth=tmp_path / "nowhere") == 2
     assert "nowhere: ground-truth folder not found" in capsys.readouterr().err
+
+
+def test_without_a_split_column_all_slides_of_a_patient_land_in_one_split():
+    rows = [ManifestRow(f"s{i}", f"s{i}.tiff", "pos" if i % 2 else "neg", case_id=f"p{i // 4}") for i in range(40)]
+    splits = assign_splits(rows, TrainConfig(val_fraction=0.2, test_fraction=0.2), seed=3)
+    where = {r.case_id: name for name, part in splits.items() for r in part}
+    assert all(where[r.case_id] == name for name, part in splits.items() for r in part)
+    assert sorted(len(part) for part in splits.values()) == [8, 8, 24]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -41,7 +41,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from wsi_ats.commands import train_command
 
     return train_command(
-        manifest=args.manifest, config=args.config, out=args.out, seed=args.seed, epochs=args.epochs, device=args.device, truth=args.truth
+        manifest=args.manifest,
+        config=args.config,
+        out=args.out,
+        seed=args.seed,
+        epochs=args.epochs,
+        device=args.device,
+        truth=args.truth,
+        root=args.root,
     )
 
 
@@ -52,6 +59,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         model=args.model,
         slides=args.slides,
         manifest=args.manifest,
+        root=args.root,
         out=args.out,
         scheduler=args.scheduler,
         workers=args.workers,
@@ -59,6 +67,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         topk=args.topk,
         draws=args.draws,
         device=args.device,
+    )
+
+
+def _cmd_manifest(args: argparse.Namespace) -> int:
+    from wsi_ats.manifest_build import manifest_command
+
+    return manifest_command(
+        args.folder,
+        args.out,
+        rules=args.label,
+        labels=args.labels,
+        case=args.case,
+        split=args.split,
+        seed=args.seed,
+        root=args.root,
+        strict=args.strict,
     )
 
 
@@ -92,9 +116,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_synth)
 
+    s = sub.add_parser("manifest", help="list the slides under a folder, label them, split them per case: a manifest")
+    s.add_argument("folder", type=Path, help="folder searched recursively for slides")
+    s.add_argument("--out", required=True, type=Path, help="manifest to write (replaces an existing manifest, refuses any other file)")
+    s.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="PATTERN=LABEL",
+        help="glob on the file name (on the path under FOLDER if it has a /); repeatable, first match wins",
+    )
+    s.add_argument("--labels", type=Path, default=None, metavar="CSV", help="join slide_id,label[,case_id] (or case_id,label with --case)")
+    s.add_argument("--case", default=None, metavar="REGEX", help="case id from the file name: one group, e.g. '^(TCGA-\\w\\w-\\w{4})'")
+    s.add_argument("--split", default=None, metavar="TRAIN,VAL,TEST", help="per-case split fractions, e.g. 0.7,0.15,0.15")
+    s.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    s.add_argument("--root", type=Path, default=None, help="write paths relative to ROOT (read back with --root)")
+    s.add_argument("--strict", action="store_true", help="fail (exit 2) when a slide gets no label instead of skipping it")
+    s.set_defaults(func=_cmd_manifest)
+
     s = sub.add_parser("train", help="train an ATS model; writes RUN/model.pt and RUN/metrics.json")
     s.add_argument("--manifest", required=True, type=Path)
     s.add_argument("--config", required=True, type=Path, help="a recipe from pipelines/")
+    s.add_argument("--root", default=None, help="resolve the manifest's relative paths against ROOT (a folder or URL)")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
@@ -112,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, type=Path, help="RUN/model.pt from `wsi-ats train`")
     s.add_argument("slides", nargs="*", help="slide files or directories (searched recursively)")
     s.add_argument("--manifest", type=Path, default=None)
+    s.add_argument("--root", default=None, help="resolve the manifest's relative paths against ROOT (a folder or URL)")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument(
         "--scheduler",
@@ -141,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "predict" and bool(args.slides) == bool(args.manifest):
         print("wsi-ats predict: give slides or --manifest, not both or neither", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "predict" and args.root and not args.manifest:
+        print("wsi-ats predict: --root applies to --manifest paths only", file=sys.stderr)
         return EXIT_USAGE
     return args.func(args)
 

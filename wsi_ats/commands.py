@@ -25,6 +25,7 @@ def predict_command(
     model: str | os.PathLike[str],
     slides: Sequence[str | os.PathLike[str]] = (),
     manifest: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str],
     scheduler: str = LOCAL,
     workers: int | None = None,
@@ -43,7 +44,7 @@ def predict_command(
 
     try:
         scheduler_kind(scheduler, workers)
-        sources = read_manifest(manifest) if manifest else list(slides)
+        sources = read_manifest(manifest, root=root) if manifest else list(slides)
         pipeline = Pipeline(model, device=device, seed=seed, topk=topk, draws=draws)
         with session(scheduler, workers, device=device) as client:
             rows = pipeline.run_many(sources, out, client=client)
@@ -66,18 +67,20 @@ def train_command(
     epochs: int | None = None,
     device: str | None = None,
     truth: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str] | None = None,
 ) -> int:
     """Train on ``manifest`` with the recipe ``config`` into ``out``; returns the exit code.
 
     ``truth``: a folder of ``<slide_id>.geojson`` ground-truth annotations (default: an
-    ``annotations/`` folder beside the manifest, where ``wsi-ats synth`` writes them).
+    ``annotations/`` folder beside the manifest, where ``wsi-ats synth`` writes them);
+    ``root`` resolves the manifest's relative paths (default: its folder).
     """
     from wsi_ats.evaluate import truth_boxes
     from wsi_ats.manifest import read_manifest
     from wsi_ats.train import train
 
     try:
-        rows = read_manifest(manifest)
+        rows = read_manifest(manifest, root=root)
         folder = Path(truth) if truth is not None else Path(manifest).parent / TRUTH_BESIDE_MANIFEST
         if truth is not None and not folder.is_dir():
             raise FileNotFoundError(f"{folder}: ground-truth folder not found")

@@ -36,6 +36,7 @@ from wsi_ats.engine.run import forward_slide
 from wsi_ats.engine.windows import read_windows
 from wsi_ats.evaluate import evaluate
 from wsi_ats.manifest import ManifestRow, read_manifest
+from wsi_ats.manifest_build import split_by_case
 from wsi_ats.models import ATSModel, PipelineConfig, TrainConfig, load_config
 from wsi_ats.outputs.atomic import atomic_write_text
 from wsi_ats.readers import open_slide
@@ -50,13 +51,15 @@ def train(
     device: str | torch.device | None = None,
     progress: bool = True,
     truth: Mapping[str, np.ndarray] | None = None,
+    root: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train on the manifest's ``train`` split, validate each epoch, test at the end; returns the metrics written to ``metrics.json``.
 
     ``truth`` (level-0 ``(y0, x0, y1, x1)`` boxes per slide id) adds where the attention goes
-    to the validation and test metrics.
+    to the validation and test metrics; ``root`` resolves the manifest's relative paths
+    (default: its folder).
     """
-    rows = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
+    rows = read_manifest(manifest, root=root) if isinstance(manifest, (str, Path)) else list(manifest)
     cfg = config if isinstance(config, PipelineConfig) else load_config(config)
     epochs = cfg.train.epochs if epochs is None else int(epochs)
     splits = assign_splits(rows, cfg.train, seed)
@@ -116,21 +119,13 @@ def train(
 
 
 def assign_splits(rows: Sequence[ManifestRow], cfg: TrainConfig, seed: int) -> dict[str, list[ManifestRow]]:
-    """The manifest's ``split`` column (rows without one train); without any, a seeded split stratified by label."""
+    """The manifest's ``split`` column (rows without one train); without any, a seeded split of whole cases (patients), stratified by label."""
+    if not any(r.split for r in rows):
+        fractions = (1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
+        rows = split_by_case(rows, fractions, seed)
     splits: dict[str, list[ManifestRow]] = {"train": [], "val": [], "test": []}
-    if any(r.split for r in rows):
-        for r in rows:
-            splits[r.split or "train"].append(r)
-        return splits
-    rng = np.random.default_rng(seed)
-    for label in sorted({r.label for r in rows}):
-        group = [r for r in rows if r.label == label]
-        order = rng.permutation(len(group))
-        n_val, n_test = round(cfg.val_fraction * len(group)), round(cfg.test_fraction * len(group))
-        n_val, n_test = min(n_val, max(len(group) - 1, 0)), min(n_test, max(len(group) - 1 - n_val, 0))
-        for rank, i in enumerate(order):
-            name = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
-            splits[name].append(group[i])
+    for r in rows:
+        splits[r.split or "train"].append(r)
     return splits
 
 
