@@ -254,7 +254,7 @@ def _child(method: str, net: str, slide_path: Path, run_dir: Path, repeats: int,
             plan = plan_slide(model, slide)
             middle = time.perf_counter()
             with autocast(model.device):
-                tissue_logits(model, read_windows(slide, plan), plan)
+                tissue_logits(model, read_windows(plan), plan)
             extra = {
                 "attention_cells": len(plan.cells), "low_level_shape": list(plan.grid.low_shape),
                 "plan_seconds": round(middle - start, 4), "attention_pass_seconds": round(time.perf_counter() - middle, 4),

@@ -67,12 +67,12 @@ def measure(path: Path, config: Path, steps: int, threads: int | None = None) ->
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     slide = open_slide(path)
     plan = plan_slide(model, slide)
-    windows = list(read_windows(slide, plan))
+    windows = list(read_windows(plan))
     generator = torch.Generator().manual_seed(0)
     target = torch.tensor([1])
 
     def step() -> None:
-        out = forward_slide(model, slide, plan, windows, generator=generator)
+        out = forward_slide(model, plan, windows, generator=generator)
         loss = F.cross_entropy(out.logits, target) + model.regularizer(out.attention)
         optimizer.zero_grad()
         loss.backward()

@@ -45,7 +45,7 @@ def test_tiled_inference_logits_equal_whole_level_logits(slide, padding, prior):
     with torch.no_grad():
         whole = whole_level_logits(model, slide, plan)
     with torch.no_grad():
-        tiled = tissue_logits(model, read_windows(slide, plan), plan)
+        tiled = tissue_logits(model, read_windows(plan), plan)
     assert not tiled.requires_grad
     torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
 
@@ -62,7 +62,7 @@ def test_training_logits_from_cached_windows_equal_whole_level_logits_and_gradie
         return [p.grad.clone() for p in model.attention_net.parameters()]
 
     whole = whole_level_logits(model, slide, plan)
-    windows = list(read_windows(slide, plan))
+    windows = list(read_windows(plan))
     tiled = tissue_logits(model, windows, plan)
     torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
     for a, b in zip(gradients(tiled), gradients(whole), strict=True):
@@ -119,7 +119,7 @@ def test_background_never_gets_attention(slide):
 def test_gradients_reach_attention_and_feature_nets(slide):
     model = tiny_model().train()
     plan = plan_slide(model, slide)
-    out = forward_slide(model, slide, plan, list(read_windows(slide, plan)), generator=torch.Generator().manual_seed(0))
+    out = forward_slide(model, plan, list(read_windows(plan)), generator=torch.Generator().manual_seed(0))
     (torch.nn.functional.cross_entropy(out.logits, torch.tensor([1])) + model.regularizer(out.attention)).backward()
     for net in (model.attention_net, model.feature_net, model.classifier):
         grads = [p.grad for p in net.parameters()]

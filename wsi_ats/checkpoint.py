@@ -39,6 +39,7 @@ def save_checkpoint(path: str | Path, model: ATSModel, *, metadata: dict[str, An
         "class_names": list(model.class_names),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metadata": dict(metadata or {}),
+        "microns": dict(model.microns),
     }
     if training is not None:
         payload["training"] = training
@@ -86,4 +87,5 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None) 
     except (ValueError, TypeError, RuntimeError, KeyError) as err:
         raise CheckpointError(f"{path}: cannot rebuild the model: {err}") from None
     model.metadata = dict(payload.get("metadata") or {})
+    model.microns = {str(k): float(v) for k, v in (payload.get("microns") or {}).items()}
     return model.to(select_device(device)).eval()

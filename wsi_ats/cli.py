@@ -67,6 +67,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         topk=args.topk,
         draws=args.draws,
         device=args.device,
+        mpp=args.mpp,
+        cache=args.cache,
     )
 
 
@@ -167,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--topk", action="store_true", help="deterministic top-k patches instead of sampling")
     s.add_argument("--draws", type=int, default=1, help="average the prediction over K Monte-Carlo draws")
     s.add_argument("--device", default=None)
+    s.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="level-0 micrometres per pixel of slides whose manifest row gives none (overrides their files)",
+    )
+    s.add_argument("--cache", type=Path, default=None, help="folder keeping resampled levels of slides between runs")
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("demo", help="synth + train + predict end to end on the built-in synthetic cohort")

@@ -33,6 +33,8 @@ def predict_command(
     topk: bool = False,
     draws: int = 1,
     device: str | None = None,
+    mpp: float | None = None,
+    cache: str | os.PathLike[str] | None = None,
 ) -> int:
     """Predict ``slides`` (files or folders) or the rows of ``manifest`` into ``out``; returns the exit code.
 
@@ -45,7 +47,7 @@ def predict_command(
     try:
         scheduler_kind(scheduler, workers)
         sources = read_manifest(manifest, root=root) if manifest else list(slides)
-        pipeline = Pipeline(model, device=device, seed=seed, topk=topk, draws=draws)
+        pipeline = Pipeline(model, device=device, seed=seed, topk=topk, draws=draws, mpp=mpp, cache=cache)
         with session(scheduler, workers, device=device) as client:
             rows = pipeline.run_many(sources, out, client=client)
     except (ValueError, FileNotFoundError) as err:  # ManifestError, CheckpointError, SchedulerError, NoSlidesError

@@ -27,10 +27,11 @@ _ID_SUFFIXES = (*SLIDE_EXTENSIONS, ".zarr", ".ome")
 
 @dataclass(frozen=True)
 class SlideSource:
-    """One slide to predict: its unique id (names ``OUT/<slide_id>/``) and its absolute path."""
+    """One slide to predict: its unique id (names ``OUT/<slide_id>/``), its absolute path, a resolution its manifest gives."""
 
     slide_id: str
     path: str
+    mpp: float | None = None
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,11 @@ def discover(sources: Iterable[str | os.PathLike[str] | ManifestRow]) -> Discove
     """
     notes: list[str] = []
     candidates: list[tuple[str, str | Path, bool]] = []  # (id, path, id fixed by a manifest)
+    resolution = {}  # manifest ids -> the mpp their row gives
     for src in sources:
         if isinstance(src, ManifestRow):
             candidates.append((src.slide_id, src.path, True))
+            resolution[src.slide_id] = src.mpp
             continue
         if "://" in str(src):  # a URL: nothing to walk or resolve
             candidates.append((slide_stem(str(src)), str(src), False))
@@ -136,5 +139,5 @@ def discover(sources: Iterable[str | os.PathLike[str] | ManifestRow]) -> Discove
             sid = unique
             taken.add(sid)
         seen_paths.add(abspath)
-        slides.append(SlideSource(sid, abspath))
+        slides.append(SlideSource(sid, abspath, resolution.get(sid) if fixed else None))
     return Discovery(tuple(slides), tuple(notes))

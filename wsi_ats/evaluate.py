@@ -50,7 +50,7 @@ def evaluate(
     truth = truth or {}
     nll, correct, where = [], [], []
     for row in rows:
-        with open_slide(row.path) as slide:
+        with open_slide(row.path, mpp=row.mpp) as slide:
             result = predict_slide(model, slide, slide_id=row.slide_id, seed=seed, draws=draws, topk=topk, client=client)
             if row.slide_id in truth:
                 where.append(attention_on_truth(model, slide, result, truth[row.slide_id]))

@@ -1,4 +1,4 @@
-"""Cohort manifests: ``slide_id,path,label[,split][,case_id]`` CSV files.
+"""Cohort manifests: ``slide_id,path,label[,split][,case_id][,mpp]`` CSV files.
 
 Training and batch prediction read the same rows; a bad manifest is one error that
 names the file and the line, raised before any slide is touched. Relative paths
@@ -23,13 +23,18 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class ManifestRow:
-    """One slide of a cohort; ``path`` is resolved, ``case_id`` groups a patient's slides."""
+    """One slide of a cohort; ``path`` is resolved, ``case_id`` groups a patient's slides.
+
+    ``mpp`` (micrometres per level-0 pixel) overrides the file's resolution, for files that
+    state none or a wrong one.
+    """
 
     slide_id: str
     path: str
     label: str
     split: str | None = None
     case_id: str | None = None
+    mpp: float | None = None
 
 
 def resolve_path(rel: str, base: str | Path) -> str:
@@ -56,7 +61,7 @@ def read_manifest(path: str | Path, root: str | Path | None = None) -> list[Mani
         header = reader.fieldnames or []
         missing = [c for c in REQUIRED if c not in header]
         if missing:
-            raise ManifestError(f"{path}:1: header must have {','.join(REQUIRED)}[,split][,case_id]; missing {','.join(missing)}")
+            raise ManifestError(f"{path}:1: header must have {','.join(REQUIRED)}[,split][,case_id][,mpp]; missing {','.join(missing)}")
         rows, seen = [], {}
         for line, rec in enumerate(reader, start=2):
             if None in rec or any(rec.get(c) is None for c in REQUIRED):
@@ -73,11 +78,26 @@ def read_manifest(path: str | Path, root: str | Path | None = None) -> list[Mani
             if split is not None and split not in SPLITS:
                 raise ManifestError(f"{path}:{line}: split {split!r} is not one of {', '.join(SPLITS)}")
             seen[slide_id] = line
-            rows.append(ManifestRow(slide_id, resolve_path(rel, base), label, split, case_id))
+            mpp = _mpp(path, line, rec.get("mpp"))
+            rows.append(ManifestRow(slide_id, resolve_path(rel, base), label, split, case_id, mpp))
     if not rows:
         raise ManifestError(f"{path}: manifest has no rows")
     _check_cases_in_one_split(path, rows)
     return rows
+
+
+def _mpp(path: Path, line: int, text: str | None) -> float | None:
+    """The optional ``mpp`` cell: empty, or a positive number of micrometres per pixel."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ManifestError(f"{path}:{line}: column mpp must be a positive number of micrometres per pixel, got {text!r}")
+    return value
 
 
 def _check_cases_in_one_split(path: Path, rows: list[ManifestRow]) -> None:
@@ -112,13 +132,14 @@ def write_manifest(path: str | Path, rows: list[ManifestRow], root: str | Path |
 
     path = Path(path)
     base = Path(root if root is not None else path.parent).resolve()
-    with_case = any(r.case_id for r in rows)
+    with_case, with_mpp = any(r.case_id for r in rows), any(r.mpp for r in rows)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*REQUIRED, "split", *(["case_id"] if with_case else [])])
+    w.writerow([*REQUIRED, "split", *(["case_id"] if with_case else []), *(["mpp"] if with_mpp else [])])
     for r in rows:
         rel = relative_path(r.path, base)
         if rel is None and root is not None and "://" not in r.path:
             raise ManifestError(f"{path}: slide {r.slide_id!r} at {r.path} is not under --root {root}; choose a root above every slide")
-        w.writerow([r.slide_id, rel or r.path, r.label, r.split or "", *([r.case_id or ""] if with_case else [])])
+        extra = [*([r.case_id or ""] if with_case else []), *([repr(r.mpp) if r.mpp else ""] if with_mpp else [])]
+        w.writerow([r.slide_id, rel or r.path, r.label, r.split or "", *extra])
     atomic_write_text(path, buf.getvalue())

@@ -91,11 +91,13 @@ def load_model(model_path: str | os.PathLike[str], device: str | None = None) ->
     return _load_cached(path, version, None if device is None else str(device))
 
 
-def predict_with_seed(model: "ATSModel", slide: "Slide", slide_id: str, seed: int, topk: bool, draws: int) -> SlideResult:
+def predict_with_seed(
+    model: "ATSModel", slide: "Slide", slide_id: str, seed: int, topk: bool, draws: int, cache: str | None = None
+) -> SlideResult:
     """The engine on one open slide, with the slide's own seed (`slide_seed`)."""
     from wsi_ats.engine.run import predict_slide
 
-    return predict_slide(model, slide, slide_id=slide_id, seed=slide_seed(seed, slide_id), draws=draws, topk=topk)
+    return predict_slide(model, slide, slide_id=slide_id, seed=slide_seed(seed, slide_id), draws=draws, topk=topk, cache=cache)
 
 
 @dataclass(frozen=True)
@@ -115,23 +117,26 @@ def predict_one(
     source: str,
     slide_id: str,
     seed: int = 0,
+    mpp: float | None = None,
     *,
     topk: bool = False,
     draws: int = 1,
     device: str | None = None,
+    cache: str | None = None,
 ) -> SlideOutcome:
     """Predict one slide and render its output files; any failure becomes the outcome's ``error``.
 
     ``model`` is a loaded model or a checkpoint path (loaded once per process), so a
-    dask task can be given the path instead of the pickled network.
+    dask task can be given the path instead of the pickled network. ``mpp`` overrides the
+    file's resolution; ``cache`` keeps resampled levels between runs.
     """
     from wsi_ats.readers import open_slide
 
     start = time.perf_counter()
     try:
         net = load_model(model, device) if isinstance(model, (str, os.PathLike)) else model
-        with open_slide(source) as slide:
-            result = predict_with_seed(net, slide, slide_id, seed, topk, draws)
+        with open_slide(source, mpp=mpp) as slide:
+            result = predict_with_seed(net, slide, slide_id, seed, topk, draws, cache)
             files = slide_files(result, slide.thumbnail(THUMBNAIL_SIZE), slide.levels[0].shape, 1 if topk else draws)
     except Exception as err:  # noqa: BLE001 - a bad slide fails its row, never the batch
         return SlideOutcome(slide_id, source, time.perf_counter() - start, error=describe_error(err, source))
@@ -153,12 +158,17 @@ class Pipeline:
         topk: bool = False,
         draws: int = 1,
         predict_fn: Callable[..., SlideOutcome] = predict_one,
+        *,
+        mpp: float | None = None,
+        cache: str | os.PathLike[str] | None = None,
     ) -> None:
         if draws < 1:
             raise ValueError(f"draws must be at least 1, got {draws}")
         self.model_path = os.path.abspath(model_path)
         self.device = device
         self.seed, self.topk, self.draws = int(seed), bool(topk), int(draws)
+        #: Resolution for slides whose manifest row gives none (overrides their files); resampled-level cache folder.
+        self.mpp, self.cache = mpp, None if cache is None else os.fspath(cache)
         self.predict_fn = predict_fn  # what run_many does per slide; `predict_one`'s signature
         self.model = load_model(self.model_path, device)  # fail now, not on the first slide
 
@@ -166,16 +176,17 @@ class Pipeline:
         """Predict one slide (path, manifest row, open `Slide` or ``H x W x 3`` array); errors raise."""
         from wsi_ats.readers import Slide, open_slide
 
+        mpp = self.mpp
         if isinstance(source, ManifestRow):
-            slide_id, source = slide_id or source.slide_id, source.path
+            slide_id, mpp, source = slide_id or source.slide_id, source.mpp or mpp, source.path
         if isinstance(source, Slide):
             return predict_with_seed(self.model, source, slide_id or default_slide_id(source.source), *self._options)
-        with open_slide(source) as slide:
+        with open_slide(source, mpp=mpp) as slide:
             return predict_with_seed(self.model, slide, slide_id or default_slide_id(source), *self._options)
 
     @property
-    def _options(self) -> tuple[int, bool, int]:
-        return self.seed, self.topk, self.draws
+    def _options(self) -> tuple[int, bool, int, str | None]:
+        return self.seed, self.topk, self.draws, self.cache
 
     def run_many(
         self,
@@ -257,16 +268,16 @@ class Pipeline:
 
     def _outcomes(self, todo: list[SlideSource], client: Any) -> Iterator[SlideOutcome]:
         """Outcomes in this process, in order; or from dask tasks (`wsi_ats.cluster`), as they complete."""
-        options = dict(topk=self.topk, draws=self.draws)
+        options = dict(topk=self.topk, draws=self.draws, cache=self.cache)
         if client is None:
             for s in todo:
-                yield self.predict_fn(self.model, s.path, s.slide_id, self.seed, **options)
+                yield self.predict_fn(self.model, s.path, s.slide_id, self.seed, s.mpp or self.mpp, **options)
             return
         from distributed import KilledWorker
 
         from wsi_ats.cluster import killed_worker_error, map_completed
 
-        jobs = [(s.slide_id, (self.model_path, s.path, s.slide_id, self.seed)) for s in todo]
+        jobs = [(s.slide_id, (self.model_path, s.path, s.slide_id, self.seed, s.mpp or self.mpp)) for s in todo]
         tasks = map_completed(client, self.predict_fn, jobs, name="wsi-ats-predict", device=self.device, **options)
         for index, future in tasks:
             s = todo[index]

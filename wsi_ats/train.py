@@ -52,12 +52,16 @@ def train(
     progress: bool = True,
     truth: Mapping[str, np.ndarray] | None = None,
     root: str | Path | None = None,
+    resampled_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train on the manifest's ``train`` split, validate each epoch, test at the end; returns the metrics written to ``metrics.json``.
 
     ``truth`` (level-0 ``(y0, x0, y1, x1)`` boxes per slide id) adds where the attention goes
     to the validation and test metrics; ``root`` resolves the manifest's relative paths
-    (default: its folder).
+    (default: its folder); ``resampled_cache`` keeps the slides' resampled levels on disk.
+
+    Every training slide is opened before the first step (all unreadable ones are listed at
+    once), and the model records the microns per pixel it reads at (`training_microns`).
     """
     rows = read_manifest(manifest, root=root) if isinstance(manifest, (str, Path)) else list(manifest)
     cfg = config if isinstance(config, PipelineConfig) else load_config(config)
@@ -72,6 +76,7 @@ def train(
 
     torch.manual_seed(seed)
     model = ATSModel.from_config(cfg.model, class_names).to(device)
+    model.microns = training_microns(model, splits["train"])
     optimizer = _optimizer(model, cfg.train)
     identity = _run_identity(cfg, seed, splits)
     history = _resume(out / "last.pt", model, optimizer, identity)
@@ -82,7 +87,7 @@ def train(
     try:
         for epoch in range(len(history), epochs):
             epoch_start = time.perf_counter()
-            stats = _train_epoch(model, optimizer, splits["train"], cache, cfg.train, seed, epoch, epochs, progress, step_seconds)
+            stats = _train_epoch(model, optimizer, splits["train"], cache, resampled_cache, cfg.train, seed, epoch, epochs, progress, step_seconds)
             record = {"epoch": epoch + 1, **stats}
             if splits["val"]:
                 val = evaluate(model, splits["val"], seed=seed, draws=cfg.train.eval_draws, topk=cfg.train.eval_topk, truth=truth)
@@ -129,6 +134,39 @@ def assign_splits(rows: Sequence[ManifestRow], cfg: TrainConfig, seed: int) -> d
     return splits
 
 
+def training_microns(model: ATSModel, rows: Sequence[ManifestRow]) -> dict[str, float]:
+    """The microns per pixel the model reads at: the recipe's, else its downsamples at the training slides' resolution.
+
+    With mixed resolutions (20x and 40x scans) the median sets the scale and every slide is
+    then read at those microns. Slides without a resolution (none in the file nor the
+    manifest) leave a downsample model as it is when no training slide has one, and are an
+    error when others have one. Opening every slide here also finds every unreadable one
+    before the first step.
+    """
+    mpps: dict[str, float | None] = {}
+    errors = []
+    for r in rows:
+        try:
+            with open_slide(r.path, mpp=r.mpp) as slide:
+                mpps[r.slide_id] = slide.mpp
+        except (OSError, ValueError) as err:
+            errors.append(f"{r.slide_id} ({r.path}): {err}")
+    if errors:
+        raise ValueError(f"{len(errors)} training slide(s) cannot be read; fix or remove them:\n  " + "\n  ".join(errors))
+    known = [v for v in mpps.values() if v is not None]
+    if not known:
+        return dict(model.microns)
+    unknown = [sid for sid, v in mpps.items() if v is None]
+    if unknown:
+        raise ValueError(
+            f"training slides without a resolution while others state one: {', '.join(unknown)}; "
+            "give their level-0 micrometres per pixel in the manifest's mpp column"
+        )
+    reference = float(np.median(known))
+    scales = {"low": model.low.downsample, "high": model.high.downsample, "tissue": model.tissue.downsample}
+    return {**{k: d * reference for k, d in scales.items() if d is not None}, **model.microns}
+
+
 # -- internals -----------------------------------------------------------------------------------
 
 
@@ -137,6 +175,7 @@ def _train_epoch(
     optimizer: torch.optim.Optimizer,
     rows: Sequence[ManifestRow],
     cache: dict[str, tuple[Any, Any, list[np.ndarray]]],
+    resampled_cache: str | Path | None,
     cfg: TrainConfig,
     seed: int,
     epoch: int,
@@ -155,14 +194,14 @@ def _train_epoch(
     for i, k in enumerate(bar):
         row = rows[k]
         if row.slide_id not in cache:
-            slide = open_slide(row.path)
-            plan = plan_slide(model, slide)
-            cache[row.slide_id] = (slide, plan, list(read_windows(slide, plan)))
+            slide = open_slide(row.path, mpp=row.mpp)
+            plan = plan_slide(model, slide, cache=resampled_cache)
+            cache[row.slide_id] = (slide, plan, list(read_windows(plan)))
         slide, plan, windows = cache[row.slide_id]
         start = time.perf_counter()
         target = torch.tensor([index[row.label]], device=device)
         with autocast(device, cfg.amp):
-            out = forward_slide(model, slide, plan, windows, generator=generator)
+            out = forward_slide(model, plan, windows, generator=generator)
         logits = out.logits
         loss = F.cross_entropy(logits.float(), target) + model.regularizer(out.attention)
         (loss / cfg.batch_size).backward()

@@ -10,6 +10,7 @@ window by window over tissue only, and all patches of all draws are fetched in o
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,20 +37,19 @@ class SlidePatches:
     Keeps the corners of its last call, which the result reports in level-0 pixels.
     """
 
-    def __init__(self, model: ATSModel, slide: Slide, plan: SlidePlan, client: Any = None) -> None:
-        self.model, self.slide, self.plan, self.client = model, slide, plan, client
+    def __init__(self, model: ATSModel, plan: SlidePlan, client: Any = None) -> None:
+        self.model, self.plan, self.client = model, plan, client
         self.corners = np.zeros((0, 2), np.int64)
 
     def __call__(self, indices: torch.Tensor) -> torch.Tensor:
         size = self.model.patch_size
         self.corners = patch_corners(self.plan, indices, size)
-        patches = fetch_patches(self.slide, self.plan.high_level, self.corners, size, client=self.client)
+        patches = fetch_patches(self.plan.slide, self.plan.high_level, self.corners, size, client=self.client)
         return to_device(patches, self.model.device)
 
 
 def forward_slide(
     model: ATSModel,
-    slide: Slide,
     plan: SlidePlan,
     windows: Sequence[np.ndarray],
     *,
@@ -57,7 +57,7 @@ def forward_slide(
     client: Any = None,
 ) -> ATSOutput:
     """Training pass on one slide (one draw, gradients on): ``windows`` are its cached `read_windows`."""
-    return model(tissue_logits(model, windows, plan), SlidePatches(model, slide, plan, client), generator=generator)
+    return model(tissue_logits(model, windows, plan), SlidePatches(model, plan, client), generator=generator)
 
 
 @torch.no_grad()
@@ -70,19 +70,21 @@ def predict_slide(
     draws: int = 1,
     topk: bool = False,
     client: Any = None,
+    cache: str | os.PathLike[str] | None = None,
 ) -> SlideResult:
     """Class probabilities of one slide, averaged over ``draws`` samples (or from the top-``n`` cells).
 
     Deterministic for a given ``seed``; the model is put in eval mode for the call.
+    ``cache``: a folder keeping the slide's resampled levels between runs (`plan_slide`).
     """
     start, was_training = time.perf_counter(), model.training
     model.eval()
     try:
-        plan = plan_slide(model, slide)
+        plan = plan_slide(model, slide, cache=cache)
         generator = torch.Generator(device=model.device).manual_seed(int(seed))
-        patches = SlidePatches(model, slide, plan, client)
+        patches = SlidePatches(model, plan, client)
         with autocast(model.device):
-            logits = tissue_logits(model, read_windows(slide, plan), plan)
+            logits = tissue_logits(model, read_windows(plan), plan)
             out = model(logits, patches, draws=draws, topk=topk, generator=generator)
         probabilities = torch.softmax(out.logits.float(), dim=-1).mean(dim=0)
     finally:

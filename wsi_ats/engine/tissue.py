@@ -55,16 +55,19 @@ class TissueMask:
         return self.mask[np.ix_(self.rows(ys), self.cols(xs))]
 
 
-def tissue_mask(slide: Slide, *, downsample: float = 64.0, min_saturation: float = 0.05) -> TissueMask:
-    """Tissue mask at about ``downsample`` (the coarsest level at least that fine, then block means).
+def tissue_mask(slide: Slide, *, downsample: float = 64.0, level: int | None = None, min_saturation: float = 0.05) -> TissueMask:
+    """Tissue mask of ``level``, or at about ``downsample`` (the coarsest level at least that fine, then block means).
 
     ``min_saturation`` (0-1) floors the Otsu threshold: on a blank slide Otsu would split
     the noise of the glass, and the floor makes that "no tissue". A 3 x 3 majority vote
     (the median of a binary image) then removes isolated specks.
     """
-    level = slide.level_for(downsample=downsample)
+    if level is None:
+        level = slide.level_for(downsample=downsample)
+        factor = max(1, int(downsample / slide.levels[level].downsample * (1 + 1e-6)))
+    else:
+        factor = 1
     lv = slide.levels[level]
-    factor = max(1, int(downsample / lv.downsample * (1 + 1e-6)))
     saturation, hist, busy = _saturation(slide, level, factor)
     cut = max(_otsu_level(hist), math.ceil(min_saturation * 255))
     mask = np.zeros(saturation.shape, bool)  # flat grey chunks have saturation 0: never tissue

@@ -14,14 +14,13 @@ import numpy as np
 
 from wsi_ats.engine.plan import SlidePlan
 from wsi_ats.engine.prefetch import Prefetcher
-from wsi_ats.readers.base import Slide
 
 
-def read_windows(slide: Slide, plan: SlidePlan) -> Iterator[np.ndarray]:
-    """The low-level window of each tissue tile, ``(h, w, 3) uint8``, in tile order."""
+def read_windows(plan: SlidePlan) -> Iterator[np.ndarray]:
+    """The low-level window of each tissue tile of the plan's slide, ``(h, w, 3) uint8``, in tile order."""
 
     def read(k: int) -> np.ndarray:
-        return slide.read_region(plan.low_level, *plan.window(k))
+        return plan.slide.read_region(plan.low_level, *plan.window(k))
 
     with Prefetcher(range(len(plan.cells.tiles)), read) as windows:
         for _, image in windows:

@@ -88,6 +88,10 @@ class ATSModel(nn.Module):
         self.entropy_strength, self.smooth, self.tile = float(entropy_strength), float(smooth), int(tile)
         self.tissue = tissue
         self.config = config
+        #: Micrometres per pixel at which the model reads ``"low"``, ``"high"`` and ``"tissue"``,
+        #: where known: from a recipe that states them, or recorded by training from its slides.
+        #: The engine then reads every slide at these microns, whatever its pyramid.
+        self.microns: dict[str, float] = {k: spec.mpp for k, spec in (("low", low), ("high", high)) if spec.mpp is not None}
         #: What the checkpoint says about the run that made the model (set by `load_checkpoint`).
         self.metadata: dict[str, Any] = {}
 

@@ -41,6 +41,7 @@ from wsi_ats.readers.base import Level, Slide, SlideError
 from wsi_ats.readers.handles import HandleCache, file_key
 from wsi_ats.readers.openslide import OpenSlideSlide, detect_vendor
 from wsi_ats.readers.openslide import levels_of as openslide_levels
+from wsi_ats.readers.resolution import apply_resolution
 from wsi_ats.readers.tiff import open_tiff
 from wsi_ats.readers.zarr import open_zarr
 
@@ -58,8 +59,16 @@ TIFF_VENDORS = frozenset({"aperio", "generic-tiff"})
 _CHOICES: HandleCache[str] = HandleCache(1024)
 
 
-def open_slide(source: str | os.PathLike | np.ndarray, *, backend: str | None = None) -> Slide:
-    """Open a slide file, zarr store (path or URL) or ``H x W x 3`` array; see the module docstring."""
+def open_slide(source: str | os.PathLike | np.ndarray, *, backend: str | None = None, mpp: float | None = None) -> Slide:
+    """Open a slide file, zarr store (path or URL) or ``H x W x 3`` array; see the module docstring.
+
+    ``mpp`` (micrometres per level-0 pixel) overrides the file's resolution; without one the
+    file's is used, else its objective power (`wsi_ats.readers.resolution`).
+    """
+    return apply_resolution(_open(source, backend), mpp)
+
+
+def _open(source: str | os.PathLike | np.ndarray, backend: str | None) -> Slide:
     if isinstance(source, np.ndarray):
         if backend not in (None, "array"):
             raise ValueError(f"an in-memory array is read by the 'array' backend, not {backend!r}")

@@ -14,6 +14,7 @@ with dask.distributed, at the price of shipping the pixels).
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -59,7 +60,9 @@ class ArraySlide(Slide):
         return pixels
 
     def __reduce__(self):
-        return (ArraySlide, (self._pixels[0],))
+        from wsi_ats.readers import open_slide
+
+        return (functools.partial(open_slide, mpp=self.given_mpp), (self._pixels[0],))
 
 
 def _block_mean(image: np.ndarray, d: int) -> np.ndarray:

@@ -75,7 +75,11 @@ class Slide(abc.ABC):
             raise SlideError(f"{source or 'array'}: no pyramid levels")
         self.source = source
         self.levels = tuple(levels)
+        #: Micrometres per level-0 pixel, and where that figure came from (`wsi_ats.readers.resolution`).
         self.mpp = mpp
+        self.mpp_source = "file" if mpp is not None else "unknown"
+        #: The resolution the caller gave `open_slide` (kept when the slide is pickled and reopened).
+        self.given_mpp: float | None = None
         self.properties = dict(properties or {})
 
     # -- hooks -----------------------------------------------------------------
@@ -201,7 +205,7 @@ class Slide(abc.ABC):
             raise TypeError(f"{self.name} has no source path and cannot be pickled")
         from wsi_ats.readers import open_slide
 
-        return (functools.partial(open_slide, backend=self.backend), (self.source,))
+        return (functools.partial(open_slide, backend=self.backend, mpp=self.given_mpp), (self.source,))
 
     def __enter__(self) -> "Slide":
         return self

@@ -1,0 +1,219 @@
+"""Levels at exact scales: a slide's own level when one is close enough, else a resampled one.
+
+A model sees tissue at fixed scales (its recipe's downsamples or microns per pixel). A
+slide whose pyramid lacks one of them -- an NDPI stepping by 2 where the model wants
+1/16 of a 20x scan, a x3 OME-Zarr, a TIFF with one level only -- gets a *resampled level*
+at exactly that scale, behaving like any other `Level` (`read_region`, `read_tile`,
+`to_dask`, tile grid), so the engine and every coordinate above it do not change.
+
+Why these rules:
+
+* A level within `SCALE_TOLERANCE` (2.5%) of the asked downsample is used as it is: two
+  scanners' "40x" differ by about that much (0.2465 vs 0.2527 um/px), far less than a
+  network notices, and a real level costs nothing to resample.
+* A resampled level is computed tile by tile (`TILE` px squares) from the nearest finer
+  level, never from one more than `MAX_STEP` times finer: a missing 1/64 level of a
+  one-level slide is built from a resampled 1/16 level, built from 1/4, built from the
+  base. So one tile never reads more than ``(TILE * MAX_STEP)^2`` source pixels, and
+  memory stays bounded whatever the slide's size; the base level is streamed once per
+  pass.
+* Resampling averages the source pixels under each output pixel (PIL's box filter: an
+  area average, the antialiasing a pyramid's own downsampling does).
+* A resampled level's pixels are *defined* by its tiles: `read_region` assembles them, so
+  a region read, a tile read and a fetched patch always agree exactly.
+* Recently computed tiles are kept in memory (`CACHE_BYTES`), and with ``cache`` in a zarr
+  store on disk keyed by the file's identity, so reruns and training epochs do not decode
+  the base level again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from wsi_ats.readers.base import Level, Slide, blit
+
+#: A slide level within this fraction of the asked downsample is used as it is.
+SCALE_TOLERANCE = 0.025
+#: A resampled level is built from a level at most this many times finer per side.
+MAX_STEP = 4.0
+#: Edge of a resampled level's tiles, in its own pixels.
+TILE = 512
+#: Bytes of resampled tiles kept in memory per slide.
+CACHE_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class Resampled:
+    """How resampled level ``level`` is made: from level ``source``, ``scale`` source pixels per output pixel."""
+
+    level: int
+    source: int
+    scale: float
+
+
+def matching_level(slide: Slide, downsample: float) -> int | None:
+    """The slide's level within `SCALE_TOLERANCE` of ``downsample`` (the closest), or None."""
+    best = min(range(len(slide.levels)), key=lambda i: abs(slide.levels[i].downsample / downsample - 1))
+    return best if abs(slide.levels[best].downsample / downsample - 1) <= SCALE_TOLERANCE else None
+
+
+def at_scales(slide: Slide, downsamples: tuple[float, ...], *, cache: str | os.PathLike[str] | None = None) -> Slide:
+    """``slide`` itself when it has a level close to every downsample, else a `ScaledSlide` adding the missing ones."""
+    if all(matching_level(slide, d) is not None for d in downsamples):
+        return slide
+    return ScaledSlide(slide, downsamples, cache=cache)
+
+
+class ScaledSlide(Slide):
+    """``base`` plus resampled levels at the downsamples it lacks; its own levels keep their indices.
+
+    Resampled levels come after the base's (so level numbers in outputs still name the
+    file's levels) and are listed in `resampled`. Pickles as its base and downsamples.
+    """
+
+    def __init__(self, base: Slide, downsamples: tuple[float, ...], *, cache: str | os.PathLike[str] | None = None) -> None:
+        self.base, self.downsamples, self.cache_dir = base, tuple(float(d) for d in downsamples), cache
+        levels = list(base.levels)
+        self.resampled: dict[int, Resampled] = {}
+        H0, W0 = base.levels[0].shape
+        for target in sorted(set(self.downsamples)):
+            if not target > 0:
+                raise ValueError(f"{base.name}: downsample must be positive, got {target}")
+            for d in _chain(levels, target):
+                source = max((i for i, lv in enumerate(levels) if lv.downsample <= d * (1 + SCALE_TOLERANCE)), key=lambda i: levels[i].downsample)
+                shape = (max(1, math.floor(H0 / d)), max(1, math.floor(W0 / d)))
+                self.resampled[len(levels)] = Resampled(len(levels), source, d / levels[source].downsample)
+                levels.append(Level(shape, d, (TILE, TILE)))
+        super().__init__(base.source, tuple(levels), base.mpp, base.properties)
+        self.backend = base.backend
+        self._tiles: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._store: Any = None
+
+    def _read(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        if level not in self.resampled:
+            return self.base._read(level, y, x, h, w)
+        out = np.empty((h, w, 3), np.uint8)
+        th, tw = self.tile_shape(level)
+        for ty, tx in self.tiles_covering(level, (y, x), (h, w)):
+            blit(out, (y, x), self.read_tile(level, ty, tx), (ty * th, tx * tw))
+        return out
+
+    def read_tile(self, level: int, ty: int, tx: int) -> np.ndarray:
+        if level not in self.resampled:
+            return self.base.read_tile(level, ty, tx)
+        key = (level, ty, tx)
+        with self._lock:
+            tile = self._tiles.get(key)
+            if tile is not None:
+                self._tiles.move_to_end(key)
+                return tile
+        tile = self._stored(level, ty, tx)
+        if tile is None:
+            tile = self._resample(level, ty, tx)
+            self._store_tile(level, ty, tx, tile)
+        with self._lock:
+            self._tiles[key] = tile
+            self._bytes += tile.nbytes
+            while self._bytes > CACHE_BYTES and len(self._tiles) > 1:
+                _, old = self._tiles.popitem(last=False)
+                self._bytes -= old.nbytes
+        return tile
+
+    def _resample(self, level: int, ty: int, tx: int) -> np.ndarray:
+        """Tile ``(ty, tx)`` of a resampled level: the box filter over its footprint on the source level."""
+        from PIL import Image
+
+        how = self.resampled[level]
+        y, x, h, w = self.tile_box(level, ty, tx)
+        sh, sw = self.levels[how.source].shape
+        s = how.scale
+        y0, x0 = min(math.floor(y * s), sh - 1), min(math.floor(x * s), sw - 1)
+        y1, x1 = max(min(math.ceil((y + h) * s), sh), y0 + 1), max(min(math.ceil((x + w) * s), sw), x0 + 1)
+        region = self.read_region(how.source, (y0, x0), (y1 - y0, x1 - x0))
+        box = (x * s - x0, y * s - y0, min((x + w) * s, sw) - x0, min((y + h) * s, sh) - y0)
+        image = Image.fromarray(region).resize((w, h), Image.Resampling.BOX, box=box)
+        return np.asarray(image)
+
+    # -- the on-disk cache ---------------------------------------------------------------------
+    def _arrays(self, level: int) -> tuple[Any, Any] | None:
+        """The zarr arrays of a resampled level in the disk cache, pixels and done-tiles (created on first use), or None."""
+        if self.cache_dir is None or self.source is None:
+            return None
+        import zarr
+
+        with self._lock:
+            if self._store is None:
+                self._store = zarr.open_group(os.path.join(os.fspath(self.cache_dir), _identity(self.source)), mode="a")
+            name = f"ds{self.levels[level].downsample:.6g}"
+            if name not in self._store:
+                H, W = self.levels[level].shape
+                self._store.create_array(name, shape=(H, W, 3), chunks=(TILE, TILE, 3), dtype="uint8", fill_value=0)
+                self._store.create_array(f"{name}-done", shape=self.tile_grid(level), chunks=(64, 64), dtype="bool", fill_value=False)
+            return self._store[name], self._store[f"{name}-done"]
+
+    def _stored(self, level: int, ty: int, tx: int) -> np.ndarray | None:
+        arrays = self._arrays(level)
+        if arrays is None or not arrays[1][ty, tx]:
+            return None
+        y, x, h, w = self.tile_box(level, ty, tx)
+        return np.asarray(arrays[0][y : y + h, x : x + w])
+
+    def _store_tile(self, level: int, ty: int, tx: int, tile: np.ndarray) -> None:
+        """Pixels first, then the done flag: a crash in between only means the tile is made again."""
+        arrays = self._arrays(level)
+        if arrays is None:
+            return
+        y, x, h, w = self.tile_box(level, ty, tx)
+        arrays[0][y : y + h, x : x + w] = tile
+        with self._lock:
+            arrays[1][ty, tx] = True
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.base.close()
+
+    def _token(self) -> str:
+        return f"scaled:{self.downsamples}:{self.base._token()}"
+
+    def __reduce__(self):
+        return (_reopen, (self.base, self.downsamples, self.cache_dir))
+
+
+def _reopen(base: Slide, downsamples: tuple[float, ...], cache: str | None) -> ScaledSlide:
+    return ScaledSlide(base, downsamples, cache=cache)
+
+
+def _chain(levels: list[Level], target: float) -> list[float]:
+    """Downsamples to add, finest first, so that ``target`` exists and each is at most `MAX_STEP` from a finer one."""
+    existing = [lv.downsample for lv in levels]
+    if any(abs(d / target - 1) <= SCALE_TOLERANCE for d in existing):
+        return []
+    finer = max((d for d in existing if d <= target * (1 + SCALE_TOLERANCE)), default=1.0)
+    steps = []
+    d = target
+    while d / finer > MAX_STEP * (1 + SCALE_TOLERANCE):
+        steps.append(d)
+        d /= MAX_STEP
+    steps.append(d)
+    return sorted(steps)
+
+
+def _identity(source: str) -> str:
+    """A cache folder name for a file: its name, size and modification time (a changed file is a new entry)."""
+    import hashlib
+
+    try:
+        st = os.stat(source)
+        key = f"{os.path.abspath(source)}\0{st.st_size}\0{st.st_mtime_ns}"
+    except OSError:  # a URL: its text is its identity
+        key = source
+    return f"{os.path.basename(source.rstrip('/'))[:64]}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.zarr"
