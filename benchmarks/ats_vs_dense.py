@@ -57,15 +57,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
-
-from wsi_ats.benchmarking import (  # noqa: E402
+from harness import (
     CACHE,
     RESULTS,
+    ROOT,
     cached_slide,
     figure,
     machine_info,
@@ -79,8 +74,10 @@ from wsi_ats.benchmarking import (  # noqa: E402
     warm_up_slide,
     write_json,
 )
-from wsi_ats.demo import DEMO_COHORT  # noqa: E402
-from wsi_ats.models import NetSpec  # noqa: E402
+from torch import nn
+
+from wsi_ats.demo import DEMO_COHORT
+from wsi_ats.models import NetSpec
 
 RECIPE = ROOT / "pipelines" / "synthetic_wsi.toml"
 #: The feature net of the timing-only comparison (untrained): what dense pipelines run on every tile.

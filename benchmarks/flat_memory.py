@@ -31,13 +31,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
-
-from wsi_ats.benchmarking import (  # noqa: E402
+from harness import (
     CACHE,
     RESULTS,
+    ROOT,
     cached_slide,
     figure,
     machine_info,

@@ -26,14 +26,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
-
-from wsi_ats.benchmarking import (  # noqa: E402
+from harness import (
     CACHE,
     RESULTS,
+    ROOT,
     figure,
     machine_info,
     machine_line,
@@ -41,7 +37,8 @@ from wsi_ats.benchmarking import (  # noqa: E402
     summary_row,
     write_json,
 )
-from wsi_ats.megadigits_train import MODELS, Recipe, cost_at_canvas, load_recipe, run_experiment  # noqa: E402
+
+from wsi_ats.megadigits_train import MODELS, Recipe, cost_at_canvas, load_recipe, run_experiment
 
 LABELS = {"ats": "ATS", "ats_plain": "ATS, plain attention", "low": "CNN low-res", "full": "CNN full-res"}
 COLOURS = {"ats": "tab:green", "ats_plain": "tab:olive", "low": "tab:grey", "full": "tab:blue"}

@@ -12,7 +12,7 @@ Each figure is the median of ``--repeats`` runs, each on fresh random positions
 (OpenSlide's tile cache, 128 MiB, holds about an eighth of the decoded slide).
 Writes ``benchmarks/results/read_region.json`` and ``.png`` and prints a markdown table.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/read_region.py [--size 16384] [--reads 400] [--repeats 3]
+    python benchmarks/read_region.py [--size 16384] [--reads 400] [--repeats 3]
 
 The load average before and after is recorded: on a shared machine, thread
 scaling says more about the neighbours than about the readers.
@@ -33,13 +33,9 @@ import imagecodecs
 import numpy as np
 import tifffile
 import zarr
+from harness import figure, machine_info, machine_line, save_figure, summary_row, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
-
-from wsi_ats.benchmarking import figure, machine_info, machine_line, save_figure, summary_row, write_json  # noqa: E402
-from wsi_ats.readers import open_slide  # noqa: E402
+from wsi_ats.readers import open_slide
 
 TILE = 256
 PATCH = 256

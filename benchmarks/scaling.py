@@ -2,7 +2,7 @@
 
     python benchmarks/scaling.py [--quick] [--out FILE.json] [--n 16] [--size 4096] [--repeats 2] [--seed 0]
 
-On one cached synthetic TIFF cohort (`wsi_ats.benchmarking.cached_cohort`) and the recipe's
+On one cached synthetic TIFF cohort (`harness.cached_cohort`) and the recipe's
 model (``pipelines/synthetic_wsi.toml``, seeded, untrained: weights change which cells are
 drawn, not what a slide costs), it times `Pipeline.run_many` over the whole cohort:
 
@@ -37,13 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
-
-from wsi_ats.benchmarking import (  # noqa: E402
+from harness import (
     CACHE,
     RESULTS,
+    ROOT,
     building,
     cached_cohort,
     figure,

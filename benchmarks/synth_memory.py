@@ -29,11 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
-
-from wsi_ats.benchmarking import (  # noqa: E402
+from harness import (
     RESULTS,
     figure,
     machine_info,

@@ -6,7 +6,7 @@ Three synthetic OME-Zarr slides (cached under ``benchmarks/results/tmp/``):
 
 * ``base``: `wsi_ats.synth.make_slide`, ``size`` px per side;
 * ``same tissue, 4x area``: ``2 * size`` per side holding exactly the base slide's pixels in a
-  window, every other chunk blank (`wsi_ats.benchmarking.sparse_copy`);
+  window, every other chunk blank (`harness.sparse_copy`);
 * ``4x tissue``: `make_slide` at ``2 * size`` per side, about four times the tissue.
 
 For each, in ``--rounds`` fresh processes (`run_child`; the slides take turns, so a change in
@@ -35,12 +35,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
-
-from wsi_ats.benchmarking import CACHE, RESULTS, cached_slide, figure, machine_info, machine_line  # noqa: E402
-from wsi_ats.benchmarking import markdown_table, peak_rss_mib, run_child, save_figure, sparse_copy, summary_row, write_json  # noqa: E402
+from harness import (
+    CACHE,
+    RESULTS,
+    ROOT,
+    cached_slide,
+    figure,
+    machine_info,
+    machine_line,
+    markdown_table,
+    peak_rss_mib,
+    run_child,
+    save_figure,
+    sparse_copy,
+    summary_row,
+    write_json,
+)
 
 RECIPE = ROOT / "pipelines" / "synthetic_wsi.toml"
 #: Same tissue on a 4x-area slide over the base slide: step time (within noise) and peak RSS at most these.

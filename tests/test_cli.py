@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from wsi_ats.cli import EXIT_OK, EXIT_USAGE, main
+from wsi_ats.cli import main
+from wsi_ats.exit_codes import EXIT_OK, EXIT_USAGE
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Batch-prediction outputs: atomic files, CSV rows, attention map + sidecar, GeoJSON, heatmap PNG.
+"""Batch-prediction outputs: CSV rows, attention map + sidecar, GeoJSON, heatmap PNG.
 
 A `SlideResult` is built by hand here (the model is tested elsewhere); the heatmap is
 drawn over the thumbnail of a real in-memory slide.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import stat
 
 import numpy as np
 import pytest
@@ -17,13 +16,11 @@ from PIL import Image
 
 from wsi_ats.outputs import (
     SLIDE_FILES,
-    atomic_write_bytes,
     complete,
     error_row,
     ok_row,
     patches_geojson,
     read_predictions,
-    remove_stale_temps,
     render_heatmap_png,
     slide_files,
     slide_folder_complete,
@@ -73,39 +70,6 @@ def thumbnail() -> np.ndarray:
     image[200:900, 300:1800] = (210, 160, 190)
     with open_slide(image) as slide:
         return slide.thumbnail(512)
-
-
-# -- atomic files ------------------------------------------------------------------------------
-
-
-def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
-    target = tmp_path / "a.bin"
-    target.write_bytes(b"old")
-    atomic_write_bytes(target, b"new contents")
-    assert target.read_bytes() == b"new contents"
-    assert sorted(os.listdir(tmp_path)) == ["a.bin"]
-
-
-def test_atomic_write_honours_the_umask_like_a_plain_open(tmp_path):
-    atomic_write_bytes(tmp_path / "a.bin", b"x")
-    (tmp_path / "b.bin").write_bytes(b"x")
-    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == stat.S_IMODE((tmp_path / "b.bin").stat().st_mode)
-
-
-def test_atomic_write_failure_keeps_the_old_file_and_cleans_up(tmp_path):
-    target = tmp_path / "a.bin"
-    target.write_bytes(b"old")
-    with pytest.raises(TypeError):
-        atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
-    assert target.read_bytes() == b"old"
-    assert sorted(os.listdir(tmp_path)) == ["a.bin"]
-
-
-def test_stale_temporaries_of_a_killed_writer_are_swept_and_nothing_else(tmp_path):
-    (tmp_path / ".attention.png.0a1b2c3d4e5f.tmp").write_bytes(b"half")
-    (tmp_path / "attention.png").write_bytes(b"whole")
-    assert remove_stale_temps(tmp_path) == 1
-    assert os.listdir(tmp_path) == ["attention.png"]
 
 
 # -- predictions.csv ---------------------------------------------------------------------------

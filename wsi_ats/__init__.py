@@ -6,8 +6,8 @@ imports torch, and ``import wsi_ats`` stays fast.
 Importing the package (before torch) makes OpenMP threads sleep rather than spin while they
 wait (``OMP_WAIT_POLICY=PASSIVE``, unless set): on a machine whose cores are shared with
 other processes, spinning threads wait for descheduled peers and torch's many small
-parallel regions slow down several-fold (``benchmarks/results/design-notes.md``); idle
-machines lose nothing measurable.
+parallel regions run several times slower; idle machines lose nothing measurable
+(figures: ``benchmarks/results/NOTES.md``).
 """
 
 from __future__ import annotations

@@ -3,14 +3,12 @@
 Everything in the file is a tensor, a dict, a list or a scalar, so it loads with
 ``torch.load(path, weights_only=True)`` (no pickled code runs) and the model is rebuilt
 from the config through the network registry: no code edit, no class import by path.
-Writes are atomic (temporary file in the same folder, then rename), so a crash never
-leaves a half-written checkpoint where a good one was.
+Writes are atomic (`wsi_ats.outputs.atomic`), so a crash never leaves a half-written
+checkpoint where a good one was.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import torch
 
 from wsi_ats.device import select_device
 from wsi_ats.models import ATSModel, ModelConfig
+from wsi_ats.outputs.atomic import atomic_writer
 
 FORMAT = "wsi-ats-checkpoint"
 VERSION = 1
@@ -45,16 +44,8 @@ def save_checkpoint(path: str | Path, model: ATSModel, *, metadata: dict[str, An
         payload["training"] = training
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as f:
+        torch.save(payload, f)
     return path
 
 

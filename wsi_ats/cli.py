@@ -1,18 +1,22 @@
 """``wsi-ats`` command line: argument parsing only; every command calls the library.
 
-Exit codes: 0 success, 1 some work failed (e.g. a slide in a batch), 2 bad usage
-or bad input (argparse's own convention, a bad manifest, an unreadable slide for ``info``).
+Exit codes (`wsi_ats.exit_codes`): 0 success, 1 some work failed (e.g. a slide in a batch),
+2 bad usage or bad input (argparse's own convention, a bad manifest, an unreadable slide for ``info``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from wsi_ats.exit_codes import EXIT_OK, EXIT_USAGE
+
+#: The benchmark runner, relative to a source checkout's root (benchmarks are not in the package).
+BENCH_RUNNER = Path("benchmarks") / "run.py"
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -95,9 +99,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from wsi_ats.bench import run_benchmarks
+    runner = _bench_runner(args.root)
+    if runner is None:
+        where = args.root or Path.cwd()
+        print(f"wsi-ats bench: {where} is not in a wsi-ats source checkout; benchmarks ship with the source tree, "
+              "not the package (run it in a checkout, or pass --root CHECKOUT)", file=sys.stderr)
+        return EXIT_USAGE
+    argv = [*args.names, *(["--quick"] if args.quick else []), *(["--out", str(args.out)] if args.out else [])]
+    return subprocess.run([sys.executable, str(runner), *argv], check=False).returncode
 
-    return run_benchmarks(args.names, quick=args.quick, out=args.out)
+
+def _bench_runner(root: Path | None) -> Path | None:
+    """``benchmarks/run.py`` of the checkout at ``root``, or else of the one holding the current folder."""
+    for folder in [root] if root is not None else [Path.cwd(), *Path.cwd().parents]:
+        if (folder / BENCH_RUNNER).is_file() and (folder / "wsi_ats" / "__init__.py").is_file():
+            return folder / BENCH_RUNNER
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train an ATS model; writes RUN/model.pt and RUN/metrics.json")
     s.add_argument("--manifest", required=True, type=Path)
-    s.add_argument("--config", required=True, type=Path, help="a recipe from pipelines/")
+    s.add_argument("--config", required=True, help="a recipe: a TOML file, or the name of a shipped one (synthetic_wsi)")
     s.add_argument("--root", default=None, help="resolve the manifest's relative paths against ROOT (a folder or URL)")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--seed", type=int, default=0)
@@ -182,10 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=Path("demo-output"))
     s.set_defaults(func=_cmd_demo)
 
-    s = sub.add_parser("bench", help="run the benchmarks; JSON + markdown into benchmarks/results")
+    s = sub.add_parser("bench", help="run the benchmarks of a source checkout; JSON + markdown into benchmarks/results")
     s.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     s.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     s.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    s.add_argument("--root", type=Path, default=None, help="the checkout (default: the one holding the current folder)")
     s.set_defaults(func=_cmd_bench)
     return p
 

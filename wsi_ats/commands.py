@@ -14,10 +14,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wsi_ats.cluster import LOCAL, scheduler_kind, session
 
-EXIT_USAGE = 2
+from wsi_ats.exit_codes import EXIT_OK, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from wsi_ats.models import PipelineConfig
 
 
 def predict_command(
@@ -63,7 +67,7 @@ TRUTH_BESIDE_MANIFEST = "annotations"
 def train_command(
     *,
     manifest: str | os.PathLike[str],
-    config: str | os.PathLike[str],
+    config: "str | os.PathLike[str] | PipelineConfig",
     out: str | os.PathLike[str],
     seed: int = 0,
     epochs: int | None = None,
@@ -77,17 +81,20 @@ def train_command(
     ``annotations/`` folder beside the manifest, where ``wsi-ats synth`` writes them);
     ``root`` resolves the manifest's relative paths (default: its folder).
     """
+    from wsi_ats import recipes
     from wsi_ats.evaluate import truth_boxes
     from wsi_ats.manifest import read_manifest
+    from wsi_ats.models import PipelineConfig
     from wsi_ats.train import train
 
     try:
+        recipe = config if isinstance(config, PipelineConfig) else recipes.resolve(config)
         rows = read_manifest(manifest, root=root)
         folder = Path(truth) if truth is not None else Path(manifest).parent / TRUTH_BESIDE_MANIFEST
         if truth is not None and not folder.is_dir():
             raise FileNotFoundError(f"{folder}: ground-truth folder not found")
         boxes = truth_boxes(folder, [r.slide_id for r in rows])
-        metrics = train(rows, config, out, seed=seed, epochs=epochs, device=device, truth=boxes)
+        metrics = train(rows, recipe, out, seed=seed, epochs=epochs, device=device, truth=boxes)
     except (ValueError, FileNotFoundError) as err:  # bad manifest, recipe, checkpoint or resume: all ValueErrors
         print(f"wsi-ats train: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -95,4 +102,4 @@ def train_command(
     if test:
         print("test: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in test.items()))
     print(f"model: {Path(out) / 'model.pt'}")
-    return 0
+    return EXIT_OK

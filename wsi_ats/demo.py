@@ -1,8 +1,9 @@
 """``wsi-ats demo``: the whole job end to end on the built-in synthetic cohort.
 
-synth (small cohort) -> info -> train ``pipelines/synthetic_wsi.toml`` -> batch
-prediction over the held-out slides. Steps whose outputs exist are reused, so a
-second ``make demo`` is quick.
+synth (small cohort) -> info -> train the shipped recipe ``synthetic_wsi``
+(`wsi_ats.recipes`, ``pipelines/synthetic_wsi.toml`` in a checkout) -> batch prediction
+over the held-out slides. Steps whose outputs exist are reused, so a second ``make demo``
+is quick. Needs no source tree: ``pip install wsi-ats && wsi-ats demo`` works anywhere.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import csv
 import time
 from pathlib import Path
 
+from wsi_ats import recipes
 from wsi_ats.manifest import read_manifest
 
-RECIPE = Path(__file__).resolve().parent.parent / "pipelines" / "synthetic_wsi.toml"
+RECIPE = recipes.path("synthetic_wsi")
 #: The demo cohort: small enough to synthesise, train and predict in minutes on 2 cores.
 #: 12 lesions (or mimics) per 4096-px slide, so that every training slide shows several; the
 #: recipe also learns the synth default (3 per 8192-px slide, 0.05% of the tissue), thanks

@@ -26,7 +26,7 @@ import numpy as np
 from wsi_ats.discover import discover
 from wsi_ats.manifest import REQUIRED, SPLITS, ManifestError, ManifestRow, write_manifest
 
-EXIT_OK, EXIT_USAGE = 0, 2
+from wsi_ats.exit_codes import EXIT_OK, EXIT_USAGE
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ tiles each patch touches — and the dask graph holds only a handful of tasks:
   decode time while the workers stay balanced.
 
 Why this graph and these constants rather than the textbook one (a task per tile and per
-patch), the measurements that chose them: ``benchmarks/results/design-notes.md``; current
+patch), the measurements that chose them: ``benchmarks/results/NOTES.md``; current
 figures: ``benchmarks/results/fetch.json``, made by ``benchmarks/fetch.py``.
 
 Tasks receive the slide itself, which pickles as its path and reopens on a worker

@@ -137,7 +137,7 @@ class ATSModel(nn.Module):
         """uint8 ``[B, H, W, 3]`` -> float32 ``[B, 3, H, W]``, ``(x / 255 - MEAN) / STD``, channels-last.
 
         Channels-last because convolutions run faster so on CPU
-        (``benchmarks/results/design-notes.md``); the values are the same either way.
+        (``benchmarks/results/NOTES.md``); the values are the same either way.
         """
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
             raise ValueError(f"expected uint8 [B, H, W, 3] images, got {tuple(images.shape)} {images.dtype}")

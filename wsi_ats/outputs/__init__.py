@@ -1,11 +1,11 @@
 """What batch prediction writes: ``predictions.csv`` and one folder per slide, every file atomically.
 
-- `atomic`: write-then-rename.
+- `atomic`: write-then-rename, the one way wsi-ats writes a file.
 - `csvrows`: the rows of ``predictions.csv``.
 - `heatmap`: ``attention.png``; `geojson`: ``patches.geojson``; `folder`: the per-slide folder.
 """
 
-from wsi_ats.outputs.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temps
+from wsi_ats.outputs.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_writer, remove_stale_temps
 from wsi_ats.outputs.csvrows import (
     ERROR,
     OK,
@@ -30,7 +30,9 @@ __all__ = [
     "TIMING_COLUMNS",
     "Row",
     "atomic_write_bytes",
+    "atomic_write_json",
     "atomic_write_text",
+    "atomic_writer",
     "complete",
     "error_row",
     "ok_row",
@@ -41,4 +43,5 @@ __all__ = [
     "slide_files",
     "slide_folder_complete",
     "write_predictions",
+    "write_slide_folder",
 ]

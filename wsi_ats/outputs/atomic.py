@@ -1,29 +1,54 @@
 """Write-then-rename: a reader (or a rerun after ``kill -9``) sees the old file or the new one, never half.
 
-The temporary file lives in the target's own folder so that `os.replace` is a rename
-on one filesystem, which POSIX makes atomic. Its name starts with a dot and ends in
-``.tmp`` so folder listings and slide discovery ignore it, and a later run can sweep
-what a killed one left behind.
+The one way wsi-ats writes a file it means to keep (outputs, checkpoints, metrics,
+annotations, benchmark results), with one policy:
+
+- The temporary file lives in the target's own folder, so `os.replace` is a rename on one
+  filesystem, which POSIX makes atomic.
+- The data is flushed and fsynced before the rename, and the folder after it: after a
+  crash the name points at whole data, and the rename itself is not lost.
+- The file is created like a plain ``open(path, "w")`` creates one: mode ``0o666`` less the
+  umask. (`tempfile.mkstemp` forces ``0o600``, which locks colleagues out of shared outputs.)
+  Replacing a file does not keep the old file's mode.
+- The temporary name is ``.<name>.wsi-ats-<pid>-<random>.tmp``: hidden and ending in ``.tmp``
+  so folder listings and slide discovery skip it, and carrying the writer's pid so that
+  `remove_stale_temps` removes only what a writer that is no longer running left behind --
+  never a file it did not make, never a live writer's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
+import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 TEMP_SUFFIX = ".tmp"
+_TAG = "wsi-ats"
+_TEMP_NAME = re.compile(rf"^\..+\.{_TAG}-(?P<pid>\d+)-[0-9a-f]{{12}}{re.escape(TEMP_SUFFIX)}$")
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` with ``data`` in one step; the data is on disk before the rename."""
+def _temp_name(target: str) -> str:
+    """A fresh temporary name, in this process's name, for writing the file named ``target``."""
+    return f".{target}.{_TAG}-{os.getpid()}-{os.urandom(6).hex()}{TEMP_SUFFIX}"
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """A binary file to stream into; it replaces ``path`` when the block ends, and vanishes if the block raises.
+
+    For writers that want a file object (``torch.save``, ``tifffile.TiffWriter``); the
+    folder must exist.
+    """
     path = Path(path)
-    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}{TEMP_SUFFIX}"
-    # os.open rather than tempfile.mkstemp: the umask decides the mode (mkstemp forces 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    tmp = path.parent / _temp_name(path.name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with open(tmp, "xb") as f:  # like any open(): mode 0o666 less the umask; "x": never someone else's file
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -34,19 +59,49 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace ``path`` with ``data`` in one step."""
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """`atomic_write_bytes` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """``data`` as indented JSON with a final newline, atomically (metrics, benchmark results)."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
 def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
-    """Delete temporaries a killed writer left in ``folder``; returns how many."""
+    """Delete the temporaries that writers no longer running left in ``folder``; returns how many.
+
+    Only regular files named by `_temp_name` count, and only those whose writer's pid is not
+    a running process: a concurrent writer's file is left alone, as is anything else that
+    merely looks temporary (another program's ``.x.tmp``, a folder of that name).
+    """
+    try:
+        entries = list(Path(folder).iterdir())
+    except FileNotFoundError:  # nothing was ever written there
+        return 0
     removed = 0
-    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or _pid_running(int(match["pid"])):
+            continue
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-            removed += 1
+            if stat.S_ISREG(entry.lstat().st_mode):
+                entry.unlink()
+                removed += 1
     return removed
+
+
+def _pid_running(pid: int) -> bool:
+    import psutil  # only a sweep that found a candidate pays for the import
+
+    return psutil.pid_exists(pid)
 
 
 def _fsync_dir(folder: Path) -> None:

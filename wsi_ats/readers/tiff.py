@@ -1,8 +1,8 @@
 """TIFF-family backend (Aperio SVS, generic tiled TIFF, OME-TIFF with SubIFD pyramids), read with tifffile.
 
-Why not OpenSlide for these: OpenSlide's tile-aligned ``read_region`` costs about
-3.5x a raw tile decode (RGBA conversion, premultiplication, its cache), and it
-sees a SubIFD pyramid as a single level. Here a tile read is one ``os.pread`` of
+Why not OpenSlide for these: OpenSlide's tile-aligned ``read_region`` costs several
+raw tile decodes (RGBA conversion, premultiplication, its cache; ``benchmarks/read_region.py``
+times both), and it sees a SubIFD pyramid as a single level. Here a tile read is one ``os.pread`` of
 the tile's compressed bytes (thread-safe, releases the GIL) and tifffile's
 ``page.decode`` (imagecodecs, which honours JPEGTables and releases the GIL), so
 many threads decode at once from one handle.

@@ -7,10 +7,10 @@ Coordinates are level-0 pixels in GeoJSON's (x, y) order, as QuPath reads them; 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from wsi_ats.outputs.atomic import atomic_write_text
 from wsi_ats.synth.scene import Scene
 
 
@@ -30,7 +30,4 @@ def feature_collection(scene: Scene) -> dict[str, Any]:
 
 def write_geojson(path: str | Path, scene: Scene) -> None:
     """Write `feature_collection(scene)` atomically."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(feature_collection(scene), indent=1) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    atomic_write_text(path, json.dumps(feature_collection(scene), indent=1) + "\n")

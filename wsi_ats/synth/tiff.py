@@ -19,6 +19,7 @@ import zarr
 from PIL import Image
 from zarr.codecs import ZstdCodec
 
+from wsi_ats.outputs.atomic import atomic_writer
 from wsi_ats.synth.pyramid import downsamples, stream_levels
 from wsi_ats.synth.scene import TILE, Scene
 
@@ -65,8 +66,7 @@ def write_tiff(path: str | Path, scene: Scene, *, mpp: float = 0.25, quality: in
                 else:
                     reduced[lvl][y:y + len(rows)] = rows
 
-        partial = path.with_name(f".{path.name}.partial")
-        with tifffile.TiffWriter(partial, bigtiff=h * w * 3 >= 2**31) as tif:
+        with atomic_writer(path) as out, tifffile.TiffWriter(out, bigtiff=h * w * 3 >= 2**31) as tif:
             tif.write(level0(), shape=(h, w, 3), description=head + tags,
                       resolution=(1e4 / mpp, 1e4 / mpp), **page)
             thumb = Image.fromarray(reduced[len(ds) - 1][:])
@@ -80,4 +80,3 @@ def write_tiff(path: str | Path, scene: Scene, *, mpp: float = 0.25, quality: in
                               description=f"{_LIBRARY} \n{w}x{h} [0,0 {w}x{h}] ({TILE}x{TILE}) -> {lw}x{lh} JPEG/RGB "
                                           f"Q={quality}{tags}",
                               resolution=(1e4 / (mpp * f), 1e4 / (mpp * f)), **page)
-        partial.replace(path)

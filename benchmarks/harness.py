@@ -3,10 +3,15 @@
 Why one module: each benchmark must state the machine and versions it ran on, measure peak
 memory in a fresh process (a process that has already imported or allocated something else
 says nothing about the work), reuse the same cached synthetic slides, and write its JSON,
-plot and table the same way -- so `wsi-ats bench` can collect them into one README.
+plot and table the same way -- so `run.py` can collect them into one README.
 
-Layout (a source checkout): results in ``benchmarks/results/<name>.json`` (+ ``.png``),
-synthetic slides and other regenerable inputs in ``benchmarks/results/tmp/`` (git-ignored).
+Benchmarks run from a source checkout, as scripts: ``python benchmarks/NAME.py``, where
+``benchmarks/`` is ``sys.path[0]``, so each starts with ``from harness import ...``. Importing
+this module puts the checkout's root first on ``sys.path``: the code measured is the code
+beside the benchmark, whatever copy of wsi-ats is installed.
+
+Layout: results in ``benchmarks/results/<name>.json`` (+ ``.png``), synthetic slides and
+other regenerable inputs in ``benchmarks/results/tmp/`` (git-ignored).
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-#: The checkout root: benchmarks live in ``ROOT/benchmarks`` (absent from an installed wheel).
+#: The checkout root: benchmarks live in ``ROOT/benchmarks``, the package in ``ROOT/wsi_ats``.
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "benchmarks"
 RESULTS = BENCH_DIR / "results"
 #: Regenerable inputs (synthetic slides, cohorts) and quick-run outputs; git-ignored.
 CACHE = RESULTS / "tmp"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 _VERSIONS = ("numpy", "torch", "dask", "distributed", "zarr", "tifffile", "imagecodecs", "openslide-python", "scikit-learn")
 
@@ -122,18 +130,18 @@ def warm_up_slide(size: int = 1024, seed: int = 0):
 
     from wsi_ats.readers import open_slide
 
-    return open_slide(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return open_slide(pixels, mpp=0.25)  # the synthetic slides' resolution: models that read by microns need one
 
 
 def run_child(script: str | Path, args: Sequence[str]) -> dict[str, Any]:
     """Run ``python script *args`` in a fresh process and return the JSON object on its last stdout line.
 
-    The child imports this checkout's ``wsi_ats`` (``PYTHONPATH``), so its memory and
-    time are its own work's; a failure raises with the child's stderr.
+    ``script`` is a benchmark (it imports this module first, so this checkout's ``wsi_ats``);
+    its memory and time are its own work's; a failure raises with the child's stderr.
     """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, str(script), *map(str, args)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark child {' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-4000:]}")
     lines = done.stdout.strip().splitlines()
@@ -202,7 +210,7 @@ def sparse_copy(source: Path, factor: int, cache: Path = CACHE) -> Path:
     print(f"writing {dest} (once) ...", file=sys.stderr)
     with open_slide(source) as slide:
         src_shape, mpp = slide.levels[0].shape, slide.mpp or 0.25
-        src_ds = tuple(int(round(lv.downsample)) for lv in slide.levels)
+        src_ds = tuple(round(lv.downsample) for lv in slide.levels)
     src = zarr.open_group(source, mode="r")
     shape = slide_shape((src_shape[0] * factor, src_shape[1] * factor))
     ds = downsamples(shape)
@@ -265,24 +273,17 @@ def cached_cohort(n: int, size: int, *, seed: int = 0, cache: Path = CACHE) -> P
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write ``data`` as indented JSON, atomically (a temporary file in the same folder, then rename)."""
+    """Write ``data`` as indented JSON, atomically (`wsi_ats.outputs.atomic`), creating the folder."""
+    from wsi_ats.outputs.atomic import atomic_write_json
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for everyone
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, data)
     return path
 
 
 def summary_row(metric: str, value: Any, target: Any = None, met: bool | None = None) -> dict[str, Any]:
-    """One headline figure for the JSON's ``summary`` list, which `wsi-ats bench` puts in the results README."""
+    """One headline figure for the JSON's ``summary`` list, which `run.py` puts in the results README."""
     return {"metric": metric, "value": value, "target": target, "met": None if met is None else bool(met)}
 
 
