@@ -25,3 +25,8 @@ def test_importing_the_package_makes_openmp_threads_wait_passively_without_impor
 @pytest.mark.parametrize("policy", ["ACTIVE", "passive"])
 def test_a_wait_policy_the_user_set_is_kept(policy):
     assert run(policy) == f"{policy} False"
+
+
+def test_the_package_does_not_import_its_test_helpers_or_pytest():
+    show = "import sys, wsi_ats, wsi_ats.cli, wsi_ats.readers; print(sorted(m for m in sys.modules if m.startswith(('pytest', 'wsi_ats.testing'))))"
+    assert subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, check=True).stdout.strip() == "[]"
