@@ -57,8 +57,8 @@ THUMBNAIL_MEAN_ERROR = 1.0
 class SlideContract:
     """Base class of a backend's tests; the class attributes and hooks say what the format holds.
 
-    Sources are written once per class, in a temporary directory; each test
-    opens its own slide.
+    The source is written once per class, in a temporary directory, and opened
+    once: the tests share that slide, as a program shares one slide among its reads.
     """
 
     #: The `open_slide` backend that reads the source, and that a pickled slide reopens with.
@@ -109,9 +109,10 @@ class SlideContract:
         """The known levels the slide must hold."""
         return list(known_levels()[: self.n_levels])
 
-    @pytest.fixture
-    def slide(self, source) -> Iterator[Slide]:
-        with self.open(source) as slide:
+    @pytest.fixture(scope="class")
+    @classmethod
+    def slide(cls, source) -> Iterator[Slide]:
+        with cls().open(source) as slide:
             yield slide
 
     # -- opening, levels and metadata ----------------------------------------------
