@@ -11,13 +11,13 @@ pytest.register_assert_rewrite("wsi_ats.testing")  # before the contract is impo
 
 from slide_factories import write_all
 
-from wsi_ats.testing.known_image import known_pyramid as make_known_pyramid
+from wsi_ats.testing.known_image import known_levels
 
 
 @pytest.fixture(scope="session")
 def known_pyramid() -> list[np.ndarray]:
-    """The known image at downsamples 1, 4, 16 (`wsi_ats.testing.known_image.DOWNSAMPLES`)."""
-    return make_known_pyramid()
+    """The known image at downsamples 1, 4, 16 (`wsi_ats.testing.known_image.DOWNSAMPLES`), read-only."""
+    return list(known_levels())
 
 
 @pytest.fixture(scope="session")

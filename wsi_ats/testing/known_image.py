@@ -6,6 +6,8 @@ returns is compared with an independent truth.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 #: Level-0 size of the known image ``(H, W)``, its pyramid's downsamples and the resolution writers record.
@@ -39,3 +41,12 @@ def known_pyramid(image: np.ndarray | None = None) -> list[np.ndarray]:
     """``image`` (the known image by default) at each of `DOWNSAMPLES`, finest first."""
     image = known_image() if image is None else image
     return [image if d == 1 else downscale(image, d) for d in DOWNSAMPLES]
+
+
+@functools.cache
+def known_levels() -> tuple[np.ndarray, ...]:
+    """`known_pyramid()` computed once per process and read-only, since every test that compares with it shares it."""
+    levels = tuple(known_pyramid())
+    for level in levels:
+        level.flags.writeable = False
+    return levels

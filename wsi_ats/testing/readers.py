@@ -21,7 +21,6 @@ importing this module to get pytest's detailed assertion messages.
 
 from __future__ import annotations
 
-import functools
 import os
 import pickle
 import random
@@ -35,7 +34,7 @@ import numpy as np
 import pytest
 
 from wsi_ats.readers import Slide, SlideError, open_slide
-from wsi_ats.testing.known_image import DOWNSAMPLES, MPP, known_pyramid
+from wsi_ats.testing.known_image import DOWNSAMPLES, MPP, known_levels
 
 #: Boxes ``(top_left, size)`` read at every level: inside, across tiles and edges, and wholly outside.
 BOXES = {
@@ -239,15 +238,6 @@ class SlideContract:
         assert cause is not None and str(cause) in message, "the error carries the format's reason"
         first_tile = ((0, 0), damaged.tile_shape(0))
         np.testing.assert_array_equal(damaged.read_region(0, *first_tile), slide.read_region(0, *first_tile))
-
-
-@functools.cache
-def known_levels() -> tuple[np.ndarray, ...]:
-    """The known pyramid, computed once per process and read-only, as every contract test shares it."""
-    levels = tuple(known_pyramid())
-    for level in levels:
-        level.flags.writeable = False
-    return levels
 
 
 def whole_level(slide: Slide, level: int) -> np.ndarray:
