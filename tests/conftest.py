@@ -6,14 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slide_factories import known_pyramid as make_known_pyramid
+
+pytest.register_assert_rewrite("wsi_ats.testing")  # before the contract is imported: pytest's assertion messages
+
 from slide_factories import write_all
+
+from wsi_ats.testing.known_image import known_levels
 
 
 @pytest.fixture(scope="session")
 def known_pyramid() -> list[np.ndarray]:
-    """The known image at downsamples 1, 4, 16 (`slide_factories.DOWNSAMPLES`)."""
-    return make_known_pyramid()
+    """The known image at downsamples 1, 4, 16 (`wsi_ats.testing.known_image.DOWNSAMPLES`), read-only."""
+    return list(known_levels())
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,15 @@
-"""One known image written into every slide format by independent writers.
+"""The known image written into every slide format by independent writers.
 
-Tests compare what the readers return with these arrays, so the writers here
-never go through `wsi_ats`: tifffile for TIFFs, ome-zarr's own writer for
-OME-Zarr, zarr for plain groups. Other test modules (fetch, tissue, pipeline)
-reuse them through the fixtures in ``conftest.py``.
+Tests compare what the readers return with `wsi_ats.testing.known_image`, so the
+writers here never go through `wsi_ats`: tifffile for TIFFs, ome-zarr's own
+writer for OME-Zarr, zarr for plain groups. The reader tests hand them to the
+contract (`wsi_ats.testing.readers.SlideContract`); other test modules (fetch,
+tissue, pipeline) reuse them through the fixtures in ``conftest.py``.
 """
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -15,38 +17,15 @@ import numpy as np
 import tifffile
 import zarr
 
-#: Level-0 size of the known image, its level downsamples, tile edge and resolution.
-SHAPE = (1024, 1536)
-DOWNSAMPLES = (1, 4, 16)
+from wsi_ats.testing.known_image import MPP
+
+#: Tile edge of the tiled formats written here.
 TILE = 256
-MPP = 0.25
 APERIO_DESCRIPTION = "Aperio Image Library v12.0.0 \n256x256 [0,0 256x256] JPEG/RGB Q=90|AppMag = 40|MPP = 0.25"
-
-
-def known_image(shape: tuple[int, int] = SHAPE) -> np.ndarray:
-    """Smooth, asymmetric RGB content: red waves, green grows with x, blue with y, one magenta block.
-
-    Smooth so that JPEG stays close to it; asymmetric so that swapped axes or a
-    wrong tile show up.
-    """
-    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
-    image = np.stack(
-        [128 + 90 * np.sin(xx / 37) * np.cos(yy / 53), 30 + 200 * xx / shape[1], 30 + 200 * yy / shape[0]], axis=-1
-    )
-    image[300:420, 500:700] = (200, 40, 90)
-    return np.clip(np.round(image), 0, 255).astype(np.uint8)
-
-
-def downscale(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of each ``factor x factor`` block, rounded half up (the documented array-slide rule)."""
-    h, w = image.shape[0] // factor, image.shape[1] // factor
-    blocks = image[: h * factor, : w * factor].reshape(h, factor, w, factor, -1).astype(np.float64)
-    return np.floor(blocks.mean(axis=(1, 3)) + 0.5).astype(np.uint8)
-
-
-def known_pyramid(image: np.ndarray | None = None) -> list[np.ndarray]:
-    image = known_image() if image is None else image
-    return [image if d == 1 else downscale(image, d) for d in DOWNSAMPLES]
+#: Mean absolute difference allowed between the known image and `write_jpeg_tiff`'s Q90 tiles.
+#: JPEG drops fine detail; on the smooth known image it costs 0.09 (level 0) to 0.36 (level 2) grey
+#: levels, while a swapped axis or a misplaced tile costs tens.
+JPEG_MEAN_ERROR = 1.0
 
 
 def write_jpeg_tiff(
@@ -144,3 +123,34 @@ def write_all(directory: Path, pyramid: list[np.ndarray]) -> dict[str, Path]:
         "ome-zarr-0.5": write_ome_zarr(directory / "known-05.ome.zarr", pyramid, "0.5"),
         "zarr": write_plain_zarr(directory / "known.zarr", pyramid),
     }
+
+
+def damage_tiff_tile(src: Path, dst: Path, tile: tuple[int, int]) -> Path:
+    """Copy ``src`` to ``dst`` with the first bytes of level-0 ``tile`` (or strip ``(row, 0)``) zeroed."""
+    shutil.copy(src, dst)
+    with tifffile.TiffFile(dst) as tf:
+        page = tf.pages[0]
+        across = -(-page.imagewidth // page.tilewidth) if page.is_tiled else 1
+        offset = page.dataoffsets[tile[0] * across + tile[1]]
+    with open(dst, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes(16))
+    return dst
+
+
+class SvsFiles:
+    """Contract settings of `write_jpeg_tiff`'s Aperio file, for each backend that reads it (tiff, openslide).
+
+    Lossy: pixels are within `JPEG_MEAN_ERROR` of the known image, and every
+    read must agree exactly with the slide's own whole level.
+    """
+
+    tile = (TILE, TILE)
+    max_mean_error = JPEG_MEAN_ERROR
+    supports_damage = True
+
+    def write(self, directory: Path, pyramid: list[np.ndarray]) -> Path:
+        return write_jpeg_tiff(directory / "known.svs", pyramid)
+
+    def damaged_copy(self, source: Path, directory: Path, tile: tuple[int, int]) -> Path:
+        return damage_tiff_tile(source, directory / "damaged.svs", tile)

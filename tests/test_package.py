@@ -76,3 +76,8 @@ def test_the_installed_package_works_from_another_folder(installed, tmp_path):
     demo = subprocess.run([sys.executable, "-m", "wsi_ats.cli", "demo", "--help"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, check=True)
     assert "--out" in demo.stdout
+
+
+def test_the_package_does_not_import_its_test_helpers_or_pytest():
+    show = "import sys, wsi_ats, wsi_ats.cli, wsi_ats.readers; print(sorted(m for m in sys.modules if m.startswith(('pytest', 'wsi_ats.testing'))))"
+    assert subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -1,11 +1,25 @@
-"""In-memory slides: the documented pyramid rule."""
+"""In-memory slides: the reader contract, the documented pyramid rule and what is refused."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from wsi_ats.readers import open_slide
+from wsi_ats.readers import SlideError, open_slide
+from wsi_ats.readers.base import DEFAULT_TILE
+from wsi_ats.testing.readers import SlideContract
+
+
+class TestArraySlide(SlideContract):
+    backend = "array"
+    tile = (DEFAULT_TILE, DEFAULT_TILE)
+    mpp = None
+
+    def write(self, directory, pyramid):
+        return pyramid[0]
+
+    def not_a_slide(self, directory):
+        return np.zeros((8, 8), np.uint8)
 
 
 @pytest.mark.parametrize(
@@ -30,12 +44,9 @@ def test_a_lower_level_pixel_is_the_rounded_mean_of_its_block():
     assert level1[63, 63].tolist() == [0, 0, 255]
 
 
-def test_writing_into_a_region_leaves_the_slide_unchanged(known_image):
-    slide = open_slide(known_image.copy())
-    whole_rows = [(10, lv.shape[1]) for lv in slide.levels]  # a view of whole rows is contiguous: returned as is
-    before = [slide.read_region(level, (0, 0), size) for level, size in enumerate(whole_rows)]
-    for level, size in enumerate(whole_rows):
-        slide.read_region(level, (0, 0), size)[:] = 0
-    for level, size in enumerate(whole_rows):
-        np.testing.assert_array_equal(slide.read_region(level, (0, 0), size), before[level])
-    assert before[0].any() and np.array_equal(before[0], known_image[:10])
+@pytest.mark.parametrize(
+    "array", [np.zeros((8, 8, 3), np.float32), np.zeros((0, 8, 3), np.uint8)], ids=["float", "empty"]
+)
+def test_an_array_that_is_not_an_rgb_image_is_refused(array):
+    with pytest.raises(SlideError, match="<array>"):
+        open_slide(array)

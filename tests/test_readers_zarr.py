@@ -1,13 +1,18 @@
-"""OME-Zarr and plain zarr groups: layouts, units, sample types and refusals."""
+"""OME-Zarr and plain zarr groups: the reader contract, layouts, units, sample types and refusals."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
-from slide_factories import MPP
+from slide_factories import TILE, write_ome_zarr, write_plain_zarr
 
 from wsi_ats.readers import SlideError, open_slide
+from wsi_ats.testing.known_image import MPP
+from wsi_ats.testing.readers import SlideContract
 
 
 def write_ome_by_hand(path, levels, axes, scales, *, paths=None, chunks=None, overall_scale=None, omero=None):
@@ -32,11 +37,52 @@ CHANNEL = {"name": "c", "type": "channel"}
 YXC = [space("y"), space("x"), CHANNEL]
 
 
-def test_a_file_url_opens_like_the_directory(slide_paths, known_pyramid):
-    url = slide_paths["ome-zarr-0.4"].as_uri()
-    slide = open_slide(url)
-    assert url.startswith("file://") and slide.source == url and slide.backend == "zarr"
-    np.testing.assert_array_equal(slide.read_region(1, (0, 0), slide.levels[1].shape), known_pyramid[1])
+def damage_chunk(store: Path, array: str, chunk: tuple[int, ...]) -> None:
+    """Overwrite one chunk of ``store/array`` with bytes its codec cannot decode."""
+    key = zarr.open_array(str(store / array), mode="r").metadata.encode_chunk_key(chunk)
+    (store / array / key).write_bytes(b"not a chunk")
+
+
+class ZarrContract(SlideContract):
+    """What the zarr stores below share: 256-pixel chunks, compressed, so a garbled chunk cannot decode."""
+
+    backend = "zarr"
+    tile = (TILE, TILE)
+    supports_damage = True
+    #: The level-0 array's path in the group, and where y and x sit among its axes.
+    level0: str = "s0"
+    chunk_axes: str = "cyx"
+
+    def damaged_copy(self, source, directory, tile):
+        copy = directory / f"damaged-{source.name}"
+        shutil.copytree(source, copy)
+        damage_chunk(copy, self.level0, tuple(dict(zip("yx", tile)).get(a, 0) for a in self.chunk_axes))
+        return copy
+
+
+class TestOmeZarr04(ZarrContract):
+    def write(self, directory, pyramid):
+        return write_ome_zarr(directory / "known-04.ome.zarr", pyramid, "0.4")
+
+    def test_a_file_url_opens_like_the_directory(self, source, pyramid):
+        url = source.as_uri()
+        slide = open_slide(url)
+        assert url.startswith("file://") and slide.source == url and slide.backend == "zarr"
+        np.testing.assert_array_equal(slide.read_region(1, (0, 0), slide.levels[1].shape), pyramid[1])
+
+
+class TestOmeZarr05(ZarrContract):
+    def write(self, directory, pyramid):
+        return write_ome_zarr(directory / "known-05.ome.zarr", pyramid, "0.5")
+
+
+class TestPlainZarr(ZarrContract):
+    mpp = None
+    level0 = "0"
+    chunk_axes = "yxc"
+
+    def write(self, directory, pyramid):
+        return write_plain_zarr(directory / "known.zarr", pyramid)
 
 
 def test_any_axes_order_with_singleton_z_and_nanometre_units(tmp_path, known_pyramid):

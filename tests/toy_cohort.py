@@ -3,7 +3,7 @@
 A toy slide is a pink elliptical piece of tissue on grey glass with ``markers`` dark 16-px
 squares inside it: blue on positive slides, red on negative ones. At downsample 4 both are
 dark dots; only the colour at full resolution tells them apart. Plain zarr groups with
-levels at downsamples 1, 4, 16 (`slide_factories.known_pyramid`), so everything is lossless.
+levels at downsamples 1, 4, 16 (`wsi_ats.testing.known_image.known_pyramid`), so everything is lossless.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from slide_factories import known_pyramid, write_plain_zarr
+from slide_factories import write_plain_zarr
+
+from wsi_ats.testing.known_image import known_pyramid
 
 GLASS = 245
 TISSUE = (228, 150, 200)

@@ -8,12 +8,12 @@ import pickle
 import weakref
 
 import numpy as np
-import pytest
 import tifffile
-from slide_factories import known_pyramid, write_jpeg_tiff
+from slide_factories import write_jpeg_tiff
 
 from wsi_ats.readers import open_slide
 from wsi_ats.readers.handles import HandleCache
+from wsi_ats.testing.known_image import known_pyramid
 
 
 class Handle:
@@ -80,10 +80,3 @@ def test_a_file_rewritten_on_disk_is_read_afresh(tmp_path):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # coarse clocks may not tick between writes
     after = open_slide(path).read_region(0, (0, 0), (64, 64))
     assert np.abs(after.astype(int) - (255 - before)).mean() < 3
-
-
-@pytest.mark.parametrize("backend", [None, "openslide"])
-def test_a_closed_slide_reopens_on_the_next_read(slide_paths, backend):
-    with open_slide(slide_paths["svs"], backend=backend) as slide:
-        before = slide.read_region(0, (5, 5), (30, 30))
-    np.testing.assert_array_equal(slide.read_region(0, (5, 5), (30, 30)), before)
