@@ -246,10 +246,15 @@ def _premultiplied(page: tifffile.TiffPage) -> bool:
 
 def check_tiff_samples(path: str) -> None:
     """Raise `pixels.UnsupportedPixels` when the main image's samples are not an RGB picture (for other readers of the file)."""
-    with tifffile.TiffFile(path) as tf:
-        series = tf.series[0]
-        axes = series.axes.lower().replace("s", "c")
-        check_samples(path, series.dtype, series.shape[axes.index("c")] if "c" in axes else 1)
+    try:
+        tf = tifffile.TiffFile(path)
+    except (ValueError, OSError):  # tifffile cannot parse it (TiffFileError is a ValueError): the other reader decides
+        return
+    with tf:
+        if tf.series:
+            series = tf.series[0]
+            axes = series.axes.lower().replace("s", "c")
+            check_samples(path, series.dtype, series.shape[axes.index("c")] if "c" in axes else 1)
 
 
 # -- metadata ------------------------------------------------------------------
