@@ -135,3 +135,11 @@ def test_fluorescence_channels_are_refused_not_shown_as_grey(write_any, channels
     with pytest.raises(UnsupportedPixels, match=f"{channels} channels: multichannel fluorescence is not RGB") as error:
         open_()
     assert str(error.value).startswith(f"{path}: ")
+
+
+def test_three_samples_a_tiff_declares_grey_are_fluorescence_not_rgb(tmp_path, rgb):
+    """Photometric minisblack with 3 samples: three channels of grey levels (DAPI, FITC, ...), whatever their count."""
+    path = write_tiff(tmp_path / "three-grey.tif", rgb, photometric="minisblack", planarconfig="contig")
+    for backend in (None, "openslide"):
+        with pytest.raises(UnsupportedPixels, match="3 channels: multichannel fluorescence is not RGB"):
+            open_slide(path, backend=backend)

@@ -40,8 +40,12 @@ class UnsupportedPixels(SlideError):
     """
 
 
-def check_samples(source: str, dtype: np.dtype | str, channels: int) -> None:
-    """Raise `UnsupportedPixels`, naming ``source`` and the fix, unless the samples are an RGB-like picture."""
+def check_samples(source: str, dtype: np.dtype | str, channels: int, *, colour: bool = True) -> None:
+    """Raise `UnsupportedPixels`, naming ``source`` and the fix, unless the samples are an RGB-like picture.
+
+    ``colour=False``: the format declares the channels as grey levels (a TIFF's
+    ``minisblack`` photometric), so more than one is fluorescence, never RGB.
+    """
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
         raise UnsupportedPixels(
@@ -50,7 +54,7 @@ def check_samples(source: str, dtype: np.dtype | str, channels: int) -> None:
         )
     if dtype not in SAMPLE_TYPES:
         raise UnsupportedPixels(f"{source}: {dtype} samples are not supported; convert the image to uint8 (or uint16) RGB")
-    if channels not in CHANNELS:
+    if channels not in CHANNELS or (not colour and channels > 1):
         raise UnsupportedPixels(
             f"{source}: {channels} channels: multichannel fluorescence is not RGB; a slide has 1 (grey), 3 (RGB) or "
             "4 (RGB + alpha) channels. Render the channels you want as an RGB image first (e.g. QuPath or "

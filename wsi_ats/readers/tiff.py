@@ -23,7 +23,8 @@ Samples become RGB by `wsi_ats.readers.pixels`' rules, which are libtiff's (so t
 pixels equal OpenSlide's): 16-bit to 8 by ``(v + 128) // 257``, grey replicated, a
 fourth sample composited onto white as associated alpha when ``ExtraSamples`` says so
 or says nothing (libtiff's reading), as straight alpha when it says unassociated.
-Floating-point samples and 2 or more than 4 channels are refused
+Floating-point samples, 2 or more than 4 channels, and several samples the file
+declares grey (``minisblack``: fluorescence channels) are refused
 (`pixels.UnsupportedPixels`): OpenSlide would show their first channel as grey.
 
 Metadata: mpp and objective power from the Aperio ImageDescription
@@ -72,7 +73,7 @@ _TIFF_TAGS = (
 )
 _RESOLUTION_UNITS = {1: "none", 2: "inch", 3: "centimeter"}
 _JPEG = 7
-_MINISBLACK, _RGB, _YCBCR = 1, 2, 6
+_MINISWHITE, _MINISBLACK, _RGB, _YCBCR = 0, 1, 2, 6
 _UNASSOCIATED_ALPHA = 2
 
 
@@ -158,6 +159,7 @@ def _open(path: str, key: FileKey) -> _TiledHandle | Pyramid:
     file = open(path, "rb", buffering=0)
     try:
         tf = tifffile.TiffFile(file, name=path)
+        _check_grey_samples(path, tf)
         pages = _fast_path_pages(tf)
         return _tiled_handle(path, file, tf, pages) if pages else _zarr_pyramid(path, tf)
     except SlideError:
@@ -244,6 +246,13 @@ def _premultiplied(page: tifffile.TiffPage) -> bool:
     return page.samplesperpixel == 4 and tuple(page.extrasamples)[:1] != (_UNASSOCIATED_ALPHA,)
 
 
+def _check_grey_samples(path: str, tf: tifffile.TiffFile) -> None:
+    """Refuse several samples per pixel that the file declares grey (``minisblack``): fluorescence channels, not RGB."""
+    page = tf.series[0].keyframe if tf.series else None
+    if page is not None and page.photometric in (_MINISWHITE, _MINISBLACK):
+        check_samples(path, page.dtype, page.samplesperpixel, colour=False)
+
+
 def check_tiff_samples(path: str) -> None:
     """Raise `pixels.UnsupportedPixels` when the main image's samples are not an RGB picture (for other readers of the file)."""
     try:
@@ -252,6 +261,7 @@ def check_tiff_samples(path: str) -> None:
         return
     with tf:
         if tf.series:
+            _check_grey_samples(path, tf)
             series = tf.series[0]
             axes = series.axes.lower().replace("s", "c")
             check_samples(path, series.dtype, series.shape[axes.index("c")] if "c" in axes else 1)
