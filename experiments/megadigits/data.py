@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["MegaDigitsConfig", "MegaDigits", "make_megadigits", "digit_pool", "upscaled_digits"]
+__all__ = ["MegaDigits", "MegaDigitsConfig", "digit_pool", "make_megadigits", "upscaled_digits"]
 
 N_CLASSES = 10
 _SPLITS = {"train": 0, "test": 1}
