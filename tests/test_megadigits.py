@@ -232,6 +232,11 @@ def test_recipe_with_a_slide_only_setting_is_rejected_naming_the_file(tmp_path, 
         load_recipe(_edited_recipe(tmp_path, f"[{table}]\n", f"[{table}]\n{line}\n"))
 
 
+def test_recipe_that_writes_a_level_is_rejected_because_the_levels_follow_from_the_dataset(tmp_path):
+    with pytest.raises(ConfigError, match=r"bad\.toml: \[model\]: low: the levels follow from \[dataset\]"):
+        load_recipe(_edited_recipe(tmp_path, "[model.attention]", "[model.low]\ndownsample = 8\n\n[model.attention]"))
+
+
 def test_recipe_naming_an_unregistered_net_names_the_file_and_what_is_available(tmp_path):
     with pytest.raises(ConfigError, match=r"bad\.toml: no features network named 'megadigits_conv'; available: .*megadigits_convs"):
         load_recipe(_edited_recipe(tmp_path, '"megadigits_convs"', '"megadigits_conv"'))

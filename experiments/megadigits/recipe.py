@@ -100,22 +100,19 @@ def recipe_from_dict(data: Mapping[str, Any], *, source: str, quick: bool = Fals
     if unknown:
         raise ConfigError(f"{source}: unknown table(s) {', '.join(unknown)}; known: {', '.join((*_TABLES, 'quick'))}")
     if quick:
-        data = _merged(data, data.get("quick", {}))
-    for table, keys in _SLIDE_ONLY.items():
-        used = sorted(set(data.get(table, {})) & set(keys))
+        data = _merged(data, _table(data, "quick", source))
+    tables = {name: _table(data, name, source) for name in _TABLES}
+    for name, keys in _SLIDE_ONLY.items():
+        used = sorted(set(tables[name]) & set(keys))
         if used:
-            raise ConfigError(f"{source}: [{table}]: {', '.join(used)} apply to slides, not to in-memory canvases; remove them")
-    levels = sorted(set(data.get("model", {})) & {"low", "high"})
-    if levels:
-        raise ConfigError(f"{source}: [model]: {', '.join(levels)}: the levels follow from [dataset] (the canvas and low_scale); remove them")
-    dataset = from_table(MegaDigitsConfig, data.get("dataset", {}), source=source, name="dataset")
+            raise ConfigError(f"{source}: [{name}]: {', '.join(used)} apply to slides, not to in-memory canvases; remove them")
+    written = sorted(set(tables["model"]) & {"low", "high"})
+    if written:
+        raise ConfigError(f"{source}: [model]: {', '.join(written)}: the levels follow from [dataset] (canvas, low_scale); remove them")
+    dataset = from_table(MegaDigitsConfig, tables["dataset"], source=source, name="dataset")
     levels = {"low": {"downsample": 1 / dataset.low_scale}, "high": {"downsample": 1}}
-    package = PipelineConfig.from_dict({"model": {**data.get("model", {}), **levels}, "train": data.get("train", {})}, source=source)
-    table = dict(data.get("experiment", {}))
-    for key in ("report_draws", "cost_canvases"):
-        table[key] = tuple(table.get(key, ()))
-    table["epochs"] = tuple(sorted(table.get("epochs", {}).items()))
-    experiment = from_table(Experiment, table, source=source, name="experiment")
+    package = PipelineConfig.from_dict({"model": {**tables["model"], **levels}, "train": tables["train"]}, source=source)
+    experiment = from_table(Experiment, _experiment_table(tables["experiment"], source), source=source, name="experiment")
     try:
         recipe = Recipe(dataset=dataset, model=package.model, train=package.train, experiment=experiment)
         with torch.random.fork_rng(devices=[]):  # the nets [model] names exist and take its parameters
@@ -124,6 +121,24 @@ def recipe_from_dict(data: Mapping[str, Any], *, source: str, quick: bool = Fals
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{source}: {err}") from None
     return recipe
+
+
+def _table(data: Mapping[str, Any], name: str, source: str) -> Mapping[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: {name} must be a table, got {type(value).__name__}")
+    return value
+
+
+def _experiment_table(table: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``[experiment]`` with its lists as tuples and its ``epochs`` table as sorted pairs (a frozen dataclass's fields)."""
+    out = dict(table)
+    for key in ("report_draws", "cost_canvases"):
+        if not isinstance(out.get(key, []), list):
+            raise ConfigError(f"{source}: [experiment]: {key} must be a list, got {out[key]!r}")
+        out[key] = tuple(out.get(key, ()))
+    out["epochs"] = tuple(sorted(_table(out, "epochs", f"{source}: [experiment]").items()))
+    return out
 
 
 def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
