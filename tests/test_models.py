@@ -39,14 +39,14 @@ def tiny_model(padding: str = "valid", seed: int = 0, **changes) -> ATSModel:
 
 def test_registry_builds_every_builtin_by_name():
     assert {"small_cnn"} <= set(available("attention"))
-    assert {"small_cnn", "resnet18"} <= set(available("features"))
+    assert {"small_cnn", "resnet18", "timm"} <= set(available("features"))
     assert "linear" in available("classifier")
     x = torch.rand(2, 3, 64, 64)
     small = build("features", "small_cnn")
     assert small(x).shape == (2, small.out_features)
     assert torch.allclose(small(x).norm(dim=1), torch.ones(2))
-    resnet = build("features", "resnet18", width=8)
-    assert resnet(x).shape == (2, 64) == (2, resnet.out_features)
+    resnet = build("features", "timm", arch="resnet10t")
+    assert resnet(x).shape == (2, 512) == (2, resnet.out_features)
 
 
 def test_running_centre_tracks_the_mean_in_training_and_freezes_it_in_evaluation():

@@ -4,7 +4,7 @@ Importing this package registers the built-in networks (each module registers it
 """
 
 from wsi_ats.models.registry import available, build, register  # noqa: I001 - the registry before the nets
-from wsi_ats.models import attention, classifier, features  # noqa: F401 - registers the built-in nets
+from wsi_ats.models import attention, classifier, features, timm_features  # noqa: F401 - registers the built-in nets
 from wsi_ats.models.ats_model import ATSModel, ATSOutput
 from wsi_ats.models.config import ConfigError, LevelSpec, ModelConfig, NetSpec, PipelineConfig, TissueSpec, TrainConfig, load_config
 

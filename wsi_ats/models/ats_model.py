@@ -133,17 +133,18 @@ class ATSModel(nn.Module):
         return 2 * self.attention_net.radius if self.attention_net.padding == "valid" else 0
 
     # -- inputs --------------------------------------------------------------------------------
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, H, W, 3]`` -> float32 ``[B, 3, H, W]``, ``(x / 255 - MEAN) / STD``, channels-last.
+    def normalize(self, images: torch.Tensor, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> torch.Tensor:
+        """uint8 ``[B, H, W, 3]`` -> float32 ``[B, 3, H, W]``, ``(x / 255 - mean) / std``, channels-last.
 
-        Channels-last because convolutions run faster so on CPU
+        The attention net and the small nets use `MEAN`/`STD`; a pretrained feature net brings its
+        own (`feature_stats`). Channels-last because convolutions run faster so on CPU
         (``benchmarks/results/NOTES.md``); the values are the same either way.
         """
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
             raise ValueError(f"expected uint8 [B, H, W, 3] images, got {tuple(images.shape)} {images.dtype}")
         x = images.permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.as_tensor(MEAN, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-        std = torch.as_tensor(STD, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
 
     # -- attention -----------------------------------------------------------------------------
@@ -175,11 +176,26 @@ class ATSModel(nn.Module):
         return entropy_regularizer(attention, self.entropy_strength)
 
     # -- patches and classification ------------------------------------------------------------
+    @property
+    def feature_stats(self) -> tuple[Sequence[float], Sequence[float]]:
+        """The mean and std the feature net's inputs are normalised with: its own (pretrained) ones, else `MEAN`/`STD`."""
+        return getattr(self.feature_net, "mean", MEAN), getattr(self.feature_net, "std", STD)
+
+    def encode(self, patches: torch.Tensor) -> torch.Tensor:
+        """The feature net alone on uint8 patches ``[m, P, P, 3]``: ``[m, D]``, in chunks when no gradient is kept.
+
+        A frozen encoder keeps none, so it is chunked in training too. The dense baseline and
+        ``--save-features`` call this: the same normalisation and net as the sampled forward.
+        """
+        frozen = getattr(self.feature_net, "frozen", False)
+        chunk = len(patches) if torch.is_grad_enabled() and not frozen else FEATURE_CHUNK
+        mean, std = self.feature_stats
+        parts = [self.feature_net(self.normalize(patches[i : i + chunk], mean, std)) for i in range(0, len(patches), max(chunk, 1))]
+        return torch.cat(parts) if parts else torch.zeros(0, self.feature_net.out_features, device=self.device)
+
     def features(self, patches: torch.Tensor) -> torch.Tensor:
-        """Feature vectors ``[m, D]`` of uint8 patches ``[m, P, P, 3]``; in chunks when no gradient is kept."""
-        chunk = len(patches) if torch.is_grad_enabled() else FEATURE_CHUNK
-        parts = [self.feature_net(self.normalize(patches[i : i + chunk])) for i in range(0, len(patches), max(chunk, 1))]
-        return self.feature_center(torch.cat(parts))
+        """Feature vectors ``[m, D]`` of uint8 patches ``[m, P, P, 3]`` (`encode`, then the running centre)."""
+        return self.feature_center(self.encode(patches))
 
     def forward(
         self,

@@ -6,6 +6,7 @@ Each exposes ``out_features`` so the classifier can be sized from the recipe alo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,56 +40,23 @@ class SmallCNNFeatures(nn.Module):
         return F.normalize(y, dim=1) if self.normalize else y
 
 
-class _BasicBlock(nn.Module):
-    """Two 3x3 convolutions with batch norm and an identity (or 1x1 projection) shortcut."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = (
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
-            if stride != 1 or cin != cout
-            else nn.Identity()
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x), inplace=True)
-
-
 @register("features", "resnet18")
-class ResNet18Features(nn.Module):
-    """ResNet-18 layout (He et al. 2016) without torchvision: stem, four stages of basic blocks, average pool.
+def resnet18_features(width: int = 64, blocks: Sequence[int] = (2, 2, 2, 2), normalize: bool = False, **timm: Any) -> nn.Module:
+    """Old recipes' ``name = "resnet18"``: now timm's ResNet-18 (same layout), random weights unless ``weights`` is given.
 
-    ``width`` is the first stage's channels (64 in the paper; each stage doubles it) and
-    ``blocks`` the blocks per stage; ``normalize`` L2-normalises the output like `SmallCNNFeatures`.
-    Weights start random: no download ever happens.
+    The hand-written net it replaces took ``width``/``blocks``; other sizes are a clear error
+    (timm has ``resnet10t``, ``resnet14t``, ... and any other architecture by ``name = "timm"``).
+    Other keys (``weights``, ``freeze``, ...) go to `TimmFeatures`.
     """
+    from wsi_ats.models.config import ConfigError
+    from wsi_ats.models.timm_features import TimmFeatures
 
-    def __init__(self, width: int = 64, blocks: Sequence[int] = (2, 2, 2, 2), normalize: bool = False) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, stride=2, padding=1),
+    if width != 64 or tuple(blocks) != (2, 2, 2, 2):
+        raise ConfigError(
+            f"[model.features] resnet18: width/blocks ({width}, {list(blocks)}) are gone with the hand-written ResNet-18; "
+            'use name = "timm" with arch = "resnet18" or a smaller timm net (e.g. "resnet10t")'
         )
-        stages, cin = [], width
-        for i, count in enumerate(blocks):
-            cout = width * 2**i
-            for j in range(count):
-                stages.append(_BasicBlock(cin, cout, stride=2 if i > 0 and j == 0 else 1))
-                cin = cout
-        self.stages = nn.Sequential(*stages)
-        self.normalize = normalize
-        self.out_features = cin
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.stages(self.stem(x)).mean(dim=(2, 3))
-        return F.normalize(y, dim=1) if self.normalize else y
+    return TimmFeatures(arch="resnet18", normalize=normalize, **timm)
 
 
 class RunningCenter(nn.Module):
