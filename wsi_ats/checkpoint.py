@@ -73,7 +73,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None) 
     payload = read_checkpoint(path)
     try:
         config = ModelConfig.from_dict(payload["config"], source=str(path))
-        model = ATSModel.from_config(config, payload["class_names"])
+        model = ATSModel.from_config(config, payload["class_names"], load_weights=False)  # the state dict has them
         model.load_state_dict(payload["state_dict"])
     except (ValueError, TypeError, RuntimeError, KeyError) as err:
         raise CheckpointError(f"{path}: cannot rebuild the model: {err}") from None

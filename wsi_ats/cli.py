@@ -73,7 +73,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         mpp=args.mpp,
         cache=args.cache,
+        save_features=args.save_features,
     )
+
+
+def _cmd_dense(args: argparse.Namespace) -> int:
+    from wsi_ats.dense import dense_command
+
+    return dense_command(
+        manifest=args.manifest, config=args.config, out=args.out, root=args.root, seed=args.seed,
+        device=args.device, cache=args.cache, train=not args.no_train,
+    )  # fmt: skip
 
 
 def _cmd_manifest(args: argparse.Namespace) -> int:
@@ -193,7 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="level-0 micrometres per pixel of slides whose manifest row gives none (overrides their files)",
     )
     s.add_argument("--cache", type=Path, default=None, help="folder keeping resampled levels of slides between runs")
+    s.add_argument("--save-features", action="store_true", help="also write OUT/<slide>/features.h5: the drawn patches' embeddings (CLAM layout)")
     s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("dense-features", help="the dense baseline: the recipe's encoder on every tissue tile (h5 bags), then a gated ABMIL head")
+    s.add_argument("--manifest", required=True, type=Path)
+    s.add_argument("--config", required=True, help="a recipe: a TOML file, or the name of a shipped one")
+    s.add_argument("--root", default=None, help="resolve the manifest's relative paths against ROOT (a folder or URL)")
+    s.add_argument("--out", required=True, type=Path, help="OUT/features/<slide_id>.h5, OUT/abmil.pt, OUT/dense_metrics.json")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    s.add_argument("--cache", type=Path, default=None, help="folder keeping resampled levels of slides between runs")
+    s.add_argument("--no-train", action="store_true", help="write the bags only, train no head")
+    s.set_defaults(func=_cmd_dense)
 
     s = sub.add_parser("demo", help="synth + train + predict end to end on the built-in synthetic cohort")
     s.add_argument("--out", type=Path, default=Path("demo-output"))

@@ -39,6 +39,7 @@ def predict_command(
     device: str | None = None,
     mpp: float | None = None,
     cache: str | os.PathLike[str] | None = None,
+    save_features: bool = False,
 ) -> int:
     """Predict ``slides`` (files or folders) or the rows of ``manifest`` into ``out``; returns the exit code.
 
@@ -51,7 +52,7 @@ def predict_command(
     try:
         scheduler_kind(scheduler, workers)
         sources = read_manifest(manifest, root=root) if manifest else list(slides)
-        pipeline = Pipeline(model, device=device, seed=seed, topk=topk, draws=draws, mpp=mpp, cache=cache)
+        pipeline = Pipeline(model, device=device, seed=seed, topk=topk, draws=draws, mpp=mpp, cache=cache, save_features=save_features)
         with session(scheduler, workers, device=device) as client:
             rows = pipeline.run_many(sources, out, client=client)
     except (ValueError, FileNotFoundError) as err:  # ManifestError, CheckpointError, SchedulerError, NoSlidesError

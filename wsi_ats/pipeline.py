@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,21 +124,29 @@ def predict_one(
     draws: int = 1,
     device: str | None = None,
     cache: str | None = None,
+    save_features: bool = False,
 ) -> SlideOutcome:
     """Predict one slide and render its output files; any failure becomes the outcome's ``error``.
+
+    ``save_features`` adds ``features.h5``: the drawn patches' embeddings and corners (`wsi_ats.outputs.bags`).
 
     ``model`` is a loaded model or a checkpoint path (loaded once per process), so a
     dask task can be given the path instead of the pickled network. ``mpp`` overrides the
     file's resolution; ``cache`` keeps resampled levels between runs.
     """
+    from wsi_ats.dense import captured_embeddings, sampled_bag
+    from wsi_ats.outputs.bags import bag_bytes
     from wsi_ats.readers import open_slide
 
     start = time.perf_counter()
     try:
         net = load_model(model, device) if isinstance(model, (str, os.PathLike)) else model
         with open_slide(source, mpp=mpp) as slide:
-            result = predict_with_seed(net, slide, slide_id, seed, topk, draws, cache)
+            with captured_embeddings(net) if save_features else nullcontext([]) as embeddings:
+                result = predict_with_seed(net, slide, slide_id, seed, topk, draws, cache)
             files = slide_files(result, slide.thumbnail(THUMBNAIL_SIZE), slide.levels[0].shape, 1 if topk else draws)
+            if save_features:
+                files["features.h5"] = bag_bytes(sampled_bag(net, result, embeddings, slide.mpp))
     except Exception as err:  # noqa: BLE001 - a bad slide fails its row, never the batch
         return SlideOutcome(slide_id, source, time.perf_counter() - start, error=describe_error(err, source))
     return SlideOutcome(slide_id, source, time.perf_counter() - start, result=result, files=files)
@@ -161,6 +170,7 @@ class Pipeline:
         *,
         mpp: float | None = None,
         cache: str | os.PathLike[str] | None = None,
+        save_features: bool = False,
     ) -> None:
         if draws < 1:
             raise ValueError(f"draws must be at least 1, got {draws}")
@@ -170,6 +180,7 @@ class Pipeline:
         #: Resolution for slides whose manifest row gives none (overrides their files); resampled-level cache folder.
         self.mpp, self.cache = mpp, None if cache is None else os.fspath(cache)
         self.predict_fn = predict_fn  # what run_many does per slide; `predict_one`'s signature
+        self.save_features = bool(save_features)  # each slide's folder gets features.h5 (the drawn patches' embeddings)
         self.model = load_model(self.model_path, device)  # fail now, not on the first slide
 
     def run(self, source: "Source | Slide | np.ndarray", slide_id: str | None = None) -> SlideResult:
@@ -268,7 +279,7 @@ class Pipeline:
 
     def _outcomes(self, todo: list[SlideSource], client: Any) -> Iterator[SlideOutcome]:
         """Outcomes in this process, in order; or from dask tasks (`wsi_ats.cluster`), as they complete."""
-        options = dict(topk=self.topk, draws=self.draws, cache=self.cache)
+        options = dict(topk=self.topk, draws=self.draws, cache=self.cache, **({"save_features": True} if self.save_features else {}))
         if client is None:
             for s in todo:
                 yield self.predict_fn(self.model, s.path, s.slide_id, self.seed, s.mpp or self.mpp, **options)

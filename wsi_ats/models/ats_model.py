@@ -96,9 +96,16 @@ class ATSModel(nn.Module):
         self.metadata: dict[str, Any] = {}
 
     @classmethod
-    def from_config(cls, config: ModelConfig, class_names: Sequence[str]) -> "ATSModel":
-        """Build the registered nets named in ``config``; the classifier gets one output per class."""
-        feature_net = build("features", config.features.name, **config.features.kwargs)
+    def from_config(cls, config: ModelConfig, class_names: Sequence[str], *, load_weights: bool = True) -> "ATSModel":
+        """Build the registered nets named in ``config``; the classifier gets one output per class.
+
+        ``load_weights = False`` skips the feature net's pretrained ``weights`` file: a checkpoint
+        rebuilding the model carries every weight itself, and must load where that file is not.
+        """
+        features = config.features.kwargs
+        if not load_weights:
+            features.pop("weights", None)
+        feature_net = build("features", config.features.name, **features)
         return cls(
             build("attention", config.attention.name, **config.attention.kwargs),
             feature_net,
