@@ -155,3 +155,28 @@ def test_a_timm_recipe_round_trips_through_the_checkpoint_dict():
     again = ModelConfig.from_dict(config.to_dict())
     assert again.to_dict() == config.to_dict()
     assert dataclasses.asdict(again)["features"]["name"] == "timm"
+
+
+def test_a_relative_weights_path_in_a_recipe_is_relative_to_the_recipe(tmp_path, monkeypatch):
+    from wsi_ats.models import load_config
+
+    (tmp_path / "recipes").mkdir()
+    recipe = tmp_path / "recipes" / "r.toml"
+    recipe.write_text(
+        '[model]\npatch_size = 32\nn_patches = 2\n[model.low]\ndownsample = 4\n[model.high]\ndownsample = 1\n'
+        '[model.attention]\nname = "small_cnn"\n[model.classifier]\nname = "linear"\n'
+        '[model.features]\nname = "timm"\narch = "resnet10t"\nweights = "../w/enc.safetensors"\nfreeze = true\n'
+    )
+    monkeypatch.chdir(tmp_path / "recipes")
+    assert load_config(recipe).model.features.kwargs["weights"] == str(tmp_path / "w" / "enc.safetensors")
+
+
+@pytest.mark.parametrize("name", ["synthetic_resnet50_frozen", "camelyon16_uni"])
+def test_the_shipped_encoder_recipes_name_a_frozen_timm_net_with_weights_beside_the_recipe(name):
+    from wsi_ats import recipes
+    from wsi_ats.models import load_config
+
+    features = load_config(recipes.path(name)).model.features
+    assert features.name == "timm" and features.kwargs["freeze"] is True
+    assert Path(features.kwargs["weights"]).is_absolute()
+    assert import_timm().is_model(features.kwargs["arch"])

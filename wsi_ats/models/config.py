@@ -7,6 +7,7 @@ Unknown keys are errors (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -169,8 +170,19 @@ class PipelineConfig:
 
 
 def load_config(path: str | Path) -> PipelineConfig:
-    """Read a TOML recipe; errors name the file and the offending key."""
-    return PipelineConfig.from_dict(read_toml(path), source=str(Path(path)))
+    """Read a TOML recipe; errors name the file and the offending key.
+
+    A relative ``[model.features] weights`` path is relative to the recipe's own folder (links
+    followed), so a recipe and its encoder weights move together and work from any folder.
+    """
+    data = read_toml(path)
+    features = data.get("model", {}).get("features") if isinstance(data.get("model"), Mapping) else None
+    if isinstance(features, Mapping) and isinstance(features.get("weights"), str):
+        weights = features["weights"]
+        if not weights.startswith("hf-hub:") and not Path(weights).is_absolute():
+            weights = os.path.normpath(Path(path).resolve().parent / weights)
+        data = {**data, "model": {**data["model"], "features": {**features, "weights": weights}}}
+    return PipelineConfig.from_dict(data, source=str(Path(path)))
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

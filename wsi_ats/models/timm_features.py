@@ -118,7 +118,7 @@ class TimmFeatures(nn.Module):
         if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1):
             raise ConfigError(f"{KEY} input_size = {input_size!r}: must be a positive integer")
         hub = isinstance(weights, str) and weights.startswith("hf-hub:")
-        kwargs = dict(timm_kwargs or {})
+        kwargs = {k: v for k, v in (timm_kwargs or {}).items() if k != "num_classes"}  # always headless: the pooled embedding
         try:
             self.net = timm.create_model(
                 weights if hub else arch, pretrained=hub, num_classes=0, **kwargs
