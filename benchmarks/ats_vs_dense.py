@@ -10,7 +10,7 @@ patch size and feature network (the registry's, by name):
   on the ``train`` split of a synthetic cohort; inference is `wsi_ats.engine.predict_slide`
   (attention over the low level, ``n`` patches at the high level).
 - **dense**: features of *every* tissue tile of the high level (tiles of the patch size, on
-  the same tissue mask), pooled by CLAM-style gated attention (`GatedAttentionMIL`), then a
+  the same tissue mask), pooled by CLAM-style gated attention (`wsi_ats.dense.GatedABMIL`), then a
   linear classifier. As in CLAM the feature network is frozen and features are computed once:
   it is the trained ATS model's (same network, same weights), so the two differ only in what
   they look at; the small pooling head is trained on the same training slides until its
@@ -21,8 +21,8 @@ Two comparisons, both methods with the same feature net in each:
 - **recipe** (trained, accuracy and time): the recipe's own feature net, ``small_cnn``.
   The cohort is the demo's (`wsi_ats.demo.DEMO_COHORT`: 12 lesions per positive slide), on
   which the recipe finds the lesions; with 3 per 8192^2 slide it does not learn in budget.
-- **resnet18** (time only, untrained weights): the recipe with `TIMING_FEATURES`, the
-  ResNet-class net that dense pipelines (CLAM, TIAToolbox) run on every tile. Its cost does
+- **resnet50** (time only, random weights, frozen): the recipe with `TIMING_FEATURES`, timm's
+  ResNet-50, the ImageNet net that dense pipelines (CLAM's default, TIAToolbox) run on every tile. Its cost does
   not depend on its weights. It is not trained because the recipe with it does not learn:
   60 epochs on the demo cohort fit the 8 training slides (training loss 0.0002) with the
   attention still uniform, held-out accuracy 0.25-0.5 (0.77 s per step, 450 s, 1 thread).
@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 import tempfile
 import time
@@ -56,7 +55,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from harness import (
     CACHE,
     RESULTS,
@@ -74,141 +72,34 @@ from harness import (
     warm_up_slide,
     write_json,
 )
-from torch import nn
 
 from wsi_ats.demo import DEMO_COHORT
+from wsi_ats.dense import GatedABMIL, dense_bag, train_abmil
 from wsi_ats.models import NetSpec
 
 RECIPE = ROOT / "pipelines" / "synthetic_wsi.toml"
 #: The feature net of the timing-only comparison (untrained): what dense pipelines run on every tile.
-TIMING_FEATURES = NetSpec("resnet18")
+TIMING_FEATURES = NetSpec("timm", (("arch", "resnet50"), ("freeze", True)))
+TIMING_NAME = "resnet50"
 #: The comparisons, each a feature net shared by both methods: the recipe's (trained) and `TIMING_FEATURES`.
-NETS = ("recipe", TIMING_FEATURES.name)
+NETS = ("recipe", TIMING_NAME)
 #: ATS at the largest size must be this many times faster per slide than dense, within this much accuracy.
 TARGET_SPEEDUP, TARGET_ACCURACY_GAP = 20.0, 0.01
-#: Patches per feature-net batch in the dense pass (bounds activation memory).
-DENSE_BATCH = 256
-#: Pooling-head training: Adam, one slide per step; converged when the mean training loss is below
-#: HEAD_CONVERGED (every training slide fitted), or after PATIENCE epochs without a better one.
-HEAD_LR, HEAD_CONVERGED, HEAD_PATIENCE = 1e-3, 0.01, 20
-
-
-class GatedAttentionMIL(nn.Module):
-    """CLAM-style gated attention pooling (Ilse et al. 2018; Lu et al. 2021) and a linear classifier.
-
-    ``h = ReLU(W x)``, ``a = softmax_k(w . (tanh(V h_k) * sigmoid(U h_k)))``, logits ``= C (sum_k a_k h_k)``.
-    """
-
-    def __init__(self, in_features: int, num_classes: int, hidden: int = 64, attention: int = 32) -> None:
-        super().__init__()
-        self.embed = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU())
-        self.tanh_branch = nn.Sequential(nn.Linear(hidden, attention), nn.Tanh())
-        self.gate_branch = nn.Sequential(nn.Linear(hidden, attention), nn.Sigmoid())
-        self.score = nn.Linear(attention, 1)
-        self.classifier = nn.Linear(hidden, num_classes)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """``[N, D]`` features of one slide's tiles -> ``[1, C]`` class logits."""
-        h = self.embed(features)
-        a = torch.softmax(self.score(self.tanh_branch(h) * self.gate_branch(h))[:, 0], dim=0)
-        return self.classifier((a[:, None] * h).sum(dim=0, keepdim=True))
-
-
-# -- dense tiling ------------------------------------------------------------------------------------
-
-
-def tissue_tiles(model, slide) -> tuple[int, np.ndarray]:
-    """The high level and the ``(rows, cols)`` grid of its patch-sized tiles whose centre is tissue.
-
-    The same tissue mask, high level and patch size as ``model`` (an `ATSModel`).
-    """
-    from wsi_ats.engine.tissue import tissue_mask
-
-    level = model.high.resolve(slide)
-    lv, size = slide.levels[level], model.patch_size
-    rows, cols = lv.shape[0] // size, lv.shape[1] // size
-    if not model.tissue.enabled:
-        return level, np.ones((rows, cols), bool)
-    mask = tissue_mask(slide, downsample=model.tissue.downsample, min_saturation=model.tissue.min_saturation)
-
-    def centres(count: int) -> np.ndarray:
-        return (np.arange(count) + 0.5) * size * lv.downsample
-
-    return level, mask.at(centres(rows), centres(cols))
+#: Stop the dense head after this many epochs at most (`wsi_ats.dense.train_abmil` stops earlier when converged).
+HEAD_MAX_EPOCHS = 300
 
 
 @torch.no_grad()
 def dense_features(model, slide) -> torch.Tensor:
-    """Features ``[N, D]`` of every tissue tile of ``slide`` (`tissue_tiles`), through ``model.features``.
-
-    The high level is read in blocks of whole tiles (256 px where the patch size divides it:
-    the readers' tile), the next block while the network runs on this one; blocks without
-    tissue are never read.
-    """
-    from wsi_ats.device import autocast, to_device
-    from wsi_ats.engine.prefetch import Prefetcher
-
-    level, tiles = tissue_tiles(model, slide)
-    size = model.patch_size
-    per = max(1, 256 // size)  # tiles per block side
-    blocks = [
-        (by, bx)
-        for by in range(math.ceil(tiles.shape[0] / per))
-        for bx in range(math.ceil(tiles.shape[1] / per))
-        if tiles[by * per : (by + 1) * per, bx * per : (bx + 1) * per].any()
-    ]
-
-    def read(block: tuple[int, int]) -> np.ndarray:
-        by, bx = block
-        keep = tiles[by * per : (by + 1) * per, bx * per : (bx + 1) * per]
-        h, w = keep.shape
-        image = slide.read_region(level, (by * per * size, bx * per * size), (h * size, w * size))
-        return image.reshape(h, size, w, size, 3).transpose(0, 2, 1, 3, 4)[keep]
-
-    out, pending = [], []
-    with Prefetcher(blocks, read) as reads, autocast(model.device):
-        for _, patches in reads:
-            pending.append(patches)
-            if sum(len(p) for p in pending) >= DENSE_BATCH:
-                out.append(model.features(to_device(np.concatenate(pending), model.device)).float())
-                pending = []
-    if pending:
-        out.append(model.features(to_device(np.concatenate(pending), model.device)).float())
-    return torch.cat(out) if out else torch.zeros((0, model.feature_net.out_features), device=model.device)
-
-
-def train_head(
-    bags: list[tuple[torch.Tensor, int]], in_features: int, num_classes: int, seed: int, max_epochs: int
-) -> tuple[GatedAttentionMIL, dict[str, Any]]:
-    """Train the pooling head on precomputed ``(features, class index)`` bags until its training loss converges."""
-    torch.manual_seed(seed)
-    head = GatedAttentionMIL(in_features, num_classes)
-    optimizer = torch.optim.Adam(head.parameters(), lr=HEAD_LR, weight_decay=1e-5)
-    generator = torch.Generator().manual_seed(seed)
-    best, since, losses, stopped = math.inf, 0, [], "max epochs"
-    for _epoch in range(max_epochs):
-        epoch_loss = 0.0
-        for k in torch.randperm(len(bags), generator=generator).tolist():
-            features, label = bags[k]
-            loss = F.cross_entropy(head(features), torch.tensor([label]))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            epoch_loss += loss.item() / len(bags)
-        losses.append(epoch_loss)
-        since = 0 if epoch_loss < best - 1e-4 else since + 1
-        best = min(best, epoch_loss)
-        if epoch_loss < HEAD_CONVERGED or since >= HEAD_PATIENCE:
-            stopped = f"training loss < {HEAD_CONVERGED}" if epoch_loss < HEAD_CONVERGED else "training loss plateau"
-            break
-    return head.eval(), {"epochs": len(losses), "final_train_loss": round(losses[-1], 5), "stopped": stopped}
+    """Embeddings ``[N, D]`` of every tissue tile of ``slide`` (`wsi_ats.dense.dense_bag`: what ``wsi-ats dense-features`` runs)."""
+    return torch.from_numpy(dense_bag(model, slide, slide_id="timed").features)
 
 
 @torch.no_grad()
-def dense_predict(model, head: GatedAttentionMIL, slide) -> tuple[np.ndarray, int]:
-    """Class probabilities of one slide by dense tiling, and the number of tiles it processed."""
+def dense_predict(model, head: GatedABMIL, slide) -> tuple[np.ndarray, int]:
+    """Class probabilities of one slide by dense tiling, and the number of tiles (encoder forwards) it processed."""
     features = dense_features(model, slide)
-    return torch.softmax(head(features.cpu()), dim=-1)[0].numpy(), len(features)
+    return torch.softmax(head(features), dim=-1)[0].numpy(), len(features)
 
 
 # -- measurement in a fresh process --------------------------------------------------------------------
@@ -224,7 +115,7 @@ def _child(method: str, net: str, slide_path: Path, run_dir: Path, repeats: int,
     model = load_checkpoint(run_dir / f"{net}-ats.pt")
     head = None
     if method == "dense":
-        head = GatedAttentionMIL(model.feature_net.out_features, len(model.class_names))
+        head = GatedABMIL(model.feature_net.out_features, len(model.class_names))
         head.load_state_dict(torch.load(run_dir / f"{net}-dense_head.pt", weights_only=True))
         head.eval()
     with warnings.catch_warnings():  # first-call costs are not the slide's
@@ -292,9 +183,9 @@ def save_timing_models(model_config, class_names: tuple[str, ...], run_dir: Path
 
     torch.manual_seed(seed)
     model = ATSModel.from_config(dataclasses.replace(model_config, features=TIMING_FEATURES), class_names).eval()
-    save_checkpoint(run_dir / f"{TIMING_FEATURES.name}-ats.pt", model)
-    head = GatedAttentionMIL(model.feature_net.out_features, len(class_names))
-    torch.save(head.state_dict(), run_dir / f"{TIMING_FEATURES.name}-dense_head.pt")
+    save_checkpoint(run_dir / f"{TIMING_NAME}-ats.pt", model)
+    head = GatedABMIL(model.feature_net.out_features, len(class_names))
+    torch.save(head.state_dict(), run_dir / f"{TIMING_NAME}-dense_head.pt")
 
 
 # -- the benchmark -----------------------------------------------------------------------------------
@@ -302,10 +193,10 @@ def save_timing_models(model_config, class_names: tuple[str, ...], run_dir: Path
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from wsi_ats.checkpoint import load_checkpoint
+    from wsi_ats.evaluate import evaluate, truth_boxes
     from wsi_ats.manifest import read_manifest
     from wsi_ats.models import load_config
     from wsi_ats.readers import open_slide
-    from wsi_ats.evaluate import evaluate, truth_boxes
     from wsi_ats.synth import make_cohort
     from wsi_ats.train import train
 
@@ -336,7 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with open_slide(row.path) as slide:
                 bags.append((dense_features(model, slide).cpu(), index[row.label]))
         features_s = time.perf_counter() - start
-        head, head_log = train_head(bags, model.feature_net.out_features, len(index), args.seed, args.head_epochs)
+        head, head_log = train_abmil(bags, model.feature_net.out_features, len(index), seed=args.seed, max_epochs=args.head_epochs)
         dense_train_s = time.perf_counter() - start
         torch.save(head.state_dict(), run_dir / "recipe-dense_head.pt")
         save_timing_models(cfg.model, model.class_names, run_dir, args.seed)
@@ -366,7 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "speedup_grows": all(b > a for net in NETS for a, b in zip(speedups[net], speedups[net][1:])),
     }
     largest, side = sweep[-1], f"{sweep[-1]['shape'][0]}^2"
-    recipe_net, timing_net = cfg.model.features.name, TIMING_FEATURES.name
+    recipe_net, timing_net = cfg.model.features.name, TIMING_NAME
     label = {"recipe": f"{recipe_net} (the recipe's, trained)", timing_net: f"{timing_net} (untrained: time only)"}
 
     def at_largest(net: str) -> str:
@@ -495,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="slide sides timed (default 10000 20000 40000)")
     p.add_argument("--epochs", type=int, default=None, help="ATS epochs (default: the recipe's)")
     p.add_argument("--repeats", type=int, default=None, help="predictions timed per slide, method and net, best kept (default 3)")
-    p.add_argument("--head-epochs", type=int, default=None, help="most epochs of the dense pooling head (default 300)")
+    p.add_argument("--head-epochs", type=int, default=None, help=f"most epochs of the dense pooling head (default {HEAD_MAX_EPOCHS})")
     p.add_argument("--config", type=Path, default=RECIPE)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/ats_vs_dense.json)")
@@ -515,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     args.sizes = args.sizes or ([1024, 2048] if quick else [10000, 20000, 40000])
     args.epochs = args.epochs or (1 if quick else None)
     args.repeats = args.repeats or (1 if quick else 3)
-    args.head_epochs = args.head_epochs or (10 if quick else 300)
+    args.head_epochs = args.head_epochs or (10 if quick else HEAD_MAX_EPOCHS)
     args.config = args.config.resolve()
     out = args.out or (CACHE / "ats_vs_dense-quick.json" if quick else RESULTS / "ats_vs_dense.json")
     CACHE.mkdir(parents=True, exist_ok=True)

@@ -171,7 +171,7 @@ def test_a_relative_weights_path_in_a_recipe_is_relative_to_the_recipe(tmp_path,
     assert load_config(recipe).model.features.kwargs["weights"] == str(tmp_path / "w" / "enc.safetensors")
 
 
-@pytest.mark.parametrize("name", ["synthetic_resnet50_frozen", "camelyon16_uni"])
+@pytest.mark.parametrize("name", ["synthetic_resnet18_frozen", "camelyon16_uni"])
 def test_the_shipped_encoder_recipes_name_a_frozen_timm_net_with_weights_beside_the_recipe(name):
     from wsi_ats import recipes
     from wsi_ats.models import load_config
@@ -180,3 +180,17 @@ def test_the_shipped_encoder_recipes_name_a_frozen_timm_net_with_weights_beside_
     assert features.name == "timm" and features.kwargs["freeze"] is True
     assert Path(features.kwargs["weights"]).is_absolute()
     assert import_timm().is_model(features.kwargs["arch"])
+
+
+def test_a_frozen_encoder_in_training_encodes_each_patch_content_once():
+    model = ATSModel.from_config(encoder_config(spec(arch="resnet10t", freeze=True)), CLASSES).train()
+    calls = []
+    model.feature_net.register_forward_hook(lambda _m, inputs, _o: calls.append(len(inputs[0])))
+    patches = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    first = model.encode(patches)
+    again = model.encode(torch.cat([patches[[2, 0]], torch.zeros(1, 32, 32, 3, dtype=torch.uint8)]))
+    assert calls == [3, 1]  # only the new patch went through the encoder
+    assert torch.equal(again[:2], first[[2, 0]])
+    assert model.embedding_stats == {"hits": 2, "misses": 4}
+    model.eval().encode(patches)
+    assert calls == [3, 1, 3]  # no cache outside training

@@ -10,6 +10,7 @@ This is the original method's split: a patch extractor handed to the sampling st
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ from wsi_ats.models.registry import build
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 #: Patches per feature-net batch without gradients (bounds activation memory for large n).
 FEATURE_CHUNK = 128
+#: Most frozen-encoder embeddings cached in training (100k x 2048 floats: 800 MB at most for a ResNet-50).
+EMBEDDING_CACHE_ENTRIES = 100_000
 
 #: Maps drawn cells ``[draws, n]`` (flat indices into the logits) to their patches, uint8 ``[draws * n, P, P, 3]``.
 PatchSource = Callable[[torch.Tensor], torch.Tensor]
@@ -94,6 +97,9 @@ class ATSModel(nn.Module):
         self.microns: dict[str, float] = {k: spec.mpp for k, spec in (("low", low), ("high", high)) if spec.mpp is not None}
         #: What the checkpoint says about the run that made the model (set by `load_checkpoint`).
         self.metadata: dict[str, Any] = {}
+        #: A frozen encoder's embeddings by patch content while training (see `encode`), and its hit count.
+        self.embedding_cache: dict[bytes, torch.Tensor] = {}
+        self.embedding_stats = {"hits": 0, "misses": 0}
 
     @classmethod
     def from_config(cls, config: ModelConfig, class_names: Sequence[str], *, load_weights: bool = True) -> "ATSModel":
@@ -191,9 +197,34 @@ class ATSModel(nn.Module):
     def encode(self, patches: torch.Tensor) -> torch.Tensor:
         """The feature net alone on uint8 patches ``[m, P, P, 3]``: ``[m, D]``, in chunks when no gradient is kept.
 
-        A frozen encoder keeps none, so it is chunked in training too. The dense baseline and
+        A frozen encoder keeps none, so it is chunked in training too, and in training its
+        embeddings are cached by patch content (`embedding_cache`). The dense baseline and
         ``--save-features`` call this: the same normalisation and net as the sampled forward.
         """
+        if getattr(self.feature_net, "frozen", False) and self.training:
+            return self._cached(patches)
+        return self._encode(patches)
+
+    def _cached(self, patches: torch.Tensor) -> torch.Tensor:
+        """`_encode` through the cache: a frozen encoder gives the same vector for the same pixels in every epoch.
+
+        Keyed by a 128-bit hash of the patch's bytes, which names (slide, level, position) without
+        the engine having to pass them; at most `EMBEDDING_CACHE_ENTRIES` are kept. Only in
+        training: across the slides of a prediction run nothing repeats.
+        """
+        keys = [hashlib.blake2b(p.numpy().tobytes(), digest_size=16).digest() for p in patches.cpu()]
+        found = {k: self.embedding_cache[k] for k in keys if k in self.embedding_cache}
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        if missing:
+            for i, vector in zip(missing, self._encode(patches[missing])):
+                found[keys[i]] = vector
+                if len(self.embedding_cache) < EMBEDDING_CACHE_ENTRIES:
+                    self.embedding_cache[keys[i]] = vector
+        self.embedding_stats["hits"] += len(keys) - len(missing)
+        self.embedding_stats["misses"] += len(missing)
+        return torch.stack([found[k] for k in keys]) if keys else self._encode(patches)
+
+    def _encode(self, patches: torch.Tensor) -> torch.Tensor:
         frozen = getattr(self.feature_net, "frozen", False)
         chunk = len(patches) if torch.is_grad_enabled() and not frozen else FEATURE_CHUNK
         mean, std = self.feature_stats
