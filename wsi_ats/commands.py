@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wsi_ats.cluster import LOCAL, scheduler_kind, session
+from wsi_ats.cluster import CONNECT_TIMEOUT, LOCAL, scheduler_kind, session
 
 from wsi_ats.exit_codes import EXIT_OK, EXIT_USAGE
 
@@ -39,24 +39,29 @@ def predict_command(
     device: str | None = None,
     mpp: float | None = None,
     cache: str | os.PathLike[str] | None = None,
+    timeout: float = CONNECT_TIMEOUT,
 ) -> int:
     """Predict ``slides`` (files or folders) or the rows of ``manifest`` into ``out``; returns the exit code.
 
     ``scheduler``: ``local`` (a cluster on this machine, ``workers`` processes),
-    ``threads`` (this process) or a running cluster's address or scheduler file.
+    ``threads`` (this process) or a running cluster's address or scheduler file, which
+    has ``timeout`` seconds to answer. A manifest's labels are optional; where there are
+    some, accuracy and a confusion table end the run (`wsi_ats.summary`).
     """
     from wsi_ats.manifest import read_manifest
     from wsi_ats.pipeline import Pipeline, exit_code
+    from wsi_ats.summary import report_labels
 
     try:
         scheduler_kind(scheduler, workers)
-        sources = read_manifest(manifest, root=root) if manifest else list(slides)
+        sources = read_manifest(manifest, root=root, require_labels=False) if manifest else list(slides)
         pipeline = Pipeline(model, device=device, seed=seed, topk=topk, draws=draws, mpp=mpp, cache=cache)
-        with session(scheduler, workers, device=device) as client:
+        with session(scheduler, workers, device=device, timeout=timeout) as client:
             rows = pipeline.run_many(sources, out, client=client)
     except (ValueError, FileNotFoundError) as err:  # ManifestError, CheckpointError, SchedulerError, NoSlidesError
         print(f"wsi-ats predict: {err}", file=sys.stderr)
         return EXIT_USAGE
+    report_labels({s.slide_id: s.label for s in sources if not isinstance(s, (str, os.PathLike))}, rows, out)
     return exit_code(rows)
 
 
@@ -74,12 +79,16 @@ def train_command(
     device: str | None = None,
     truth: str | os.PathLike[str] | None = None,
     root: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    skip_unreadable: bool = False,
 ) -> int:
     """Train on ``manifest`` with the recipe ``config`` into ``out``; returns the exit code.
 
     ``truth``: a folder of ``<slide_id>.geojson`` ground-truth annotations (default: an
     ``annotations/`` folder beside the manifest, where ``wsi-ats synth`` writes them);
-    ``root`` resolves the manifest's relative paths (default: its folder).
+    ``root`` resolves the manifest's relative paths (default: its folder). ``resume``
+    continues the run in ``out`` (an ``out`` holding one is refused without it);
+    ``skip_unreadable`` trains without unreadable slides instead of refusing them.
     """
     from wsi_ats import recipes
     from wsi_ats.evaluate import truth_boxes
@@ -94,12 +103,13 @@ def train_command(
         if truth is not None and not folder.is_dir():
             raise FileNotFoundError(f"{folder}: ground-truth folder not found")
         boxes = truth_boxes(folder, [r.slide_id for r in rows])
-        metrics = train(rows, recipe, out, seed=seed, epochs=epochs, device=device, truth=boxes)
+        metrics = train(rows, recipe, out, seed=seed, epochs=epochs, device=device, truth=boxes, resume=resume,
+                        skip_unreadable=skip_unreadable)
     except (ValueError, FileNotFoundError) as err:  # bad manifest, recipe, checkpoint or resume: all ValueErrors
         print(f"wsi-ats train: {err}", file=sys.stderr)
         return EXIT_USAGE
     test = metrics.get("test", {})
     if test:
         print("test: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in test.items()))
-    print(f"model: {Path(out) / 'model.pt'}")
+    print(f"model: {Path(out) / 'model.pt'} (epoch {metrics['model_epoch']}: {metrics['model_selection']})")
     return EXIT_OK

@@ -236,10 +236,10 @@ class Pipeline:
                 last_cost = last_end - start
 
         flush(force=True)
-        from tqdm import tqdm
+        from wsi_ats.progress import progress_bar
 
         failed = 0
-        with tqdm(total=len(todo), unit="slide", desc="predict", disable=not verbose or not todo) as bar:
+        with progress_bar(total=len(todo), unit="slide", desc="predict", enabled=verbose and bool(todo)) as bar:
             try:
                 for outcome in self._outcomes(todo, client):
                     row = self._write(outcome, out)
