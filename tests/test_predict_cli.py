@@ -64,7 +64,7 @@ def test_a_manifest_row_whose_file_is_missing_fails_that_row_and_exits_1(model_a
     assert [(r["slide_id"], r["status"]) for r in rows] == [("gone", "error"), ("text", "error")]
     assert rows[0]["error"].startswith("FileNotFoundError") and str(tmp_path / "gone.svs") in rows[0]["error"]
     assert rows[1]["error"].startswith(f"SlideError: {tmp_path / 'text.svs'}: ")
-    assert os.listdir(tmp_path / "out") == ["predictions.csv"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["predictions.csv", "summary.json"]  # no slide folder; labels: a summary
 
 
 def test_a_bad_manifest_exits_2_naming_the_line_before_any_slide(model_and_manifest, tmp_path):

@@ -62,12 +62,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: empty file, not a wsi-ats checkpoint (an interrupted copy?)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # weights_only refused a class: a whole pickled model, or another program's objects
-        raise CheckpointError(
-            f"{path}: not a wsi-ats checkpoint (it holds pickled Python objects; wsi-ats loads only tensors and plain values)"
-        ) from None
     except Exception as err:  # noqa: BLE001 - torch.load raises many types on foreign bytes; all mean "not ours"
-        raise CheckpointError(f"{path}: not a wsi-ats checkpoint (unreadable as a torch file, truncated or foreign: {_first_line(err)})") from None
+        if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err):  # weights_only refused a class
+            reason = "it holds pickled Python objects; wsi-ats loads only tensors and plain values"  # e.g. torch.save(model)
+        else:  # torch's unpickling messages advise loading with weights_only=False: not advice to pass on
+            detail = type(err).__name__ if isinstance(err, pickle.UnpicklingError) else _first_line(err)[:160]
+            reason = f"unreadable as a torch file, truncated or foreign: {detail}"
+        raise CheckpointError(f"{path}: not a wsi-ats checkpoint ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not a wsi-ats checkpoint (a torch file without the '{FORMAT}' tag; `wsi-ats train` writes RUN/model.pt)"

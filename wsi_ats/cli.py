@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="wsi-ats", description="Attention sampling on whole-slide images.")
     p.add_argument("--version", action="version", version=f"wsi-ats {__version__}", help="print the version and exit")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="`wsi-ats COMMAND --help` lists its options")
 
     s = sub.add_parser("info", help="levels, tiles, mpp and vendor of a slide")
     s.add_argument("slide", help="slide file, OME-Zarr/zarr directory or URL")

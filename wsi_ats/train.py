@@ -94,10 +94,12 @@ def train(
     if unlabelled:
         raise ValueError(f"training needs the label of every slide; none for {', '.join(unlabelled[:10])}")
     splits = assign_splits(rows, cfg.train, seed)
+    if not splits["train"]:
+        raise ValueError("the manifest has no training slides")
     class_names = tuple(sorted({r.label for r in rows}))
     splits, skipped = _drop_unreadable(splits, _open_errors(splits), skip_unreadable, say)
     if not splits["train"]:
-        raise ValueError("the manifest has no training slides" + (" left" if skipped else ""))
+        raise ValueError("no training slide can be read")
     device = select_device(device)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -119,7 +121,7 @@ def train(
             splits, more = _drop_unreadable(splits, errors, skip_unreadable, say)
             skipped += more
             if not splits["train"]:
-                raise ValueError("no training slide is left to train on")
+                raise ValueError("no training slide can be read")
         for epoch in range(len(history), epochs):
             epoch_start = time.perf_counter()
             stats = _train_epoch(model, optimizer, splits["train"], cache, cfg.train, seed, epoch, epochs, progress, step_seconds)
