@@ -2,8 +2,9 @@
 
 ``wsi-ats predict --manifest`` prints it at the end and keeps it as ``OUT/summary.json``
 when any row of the manifest has a label (the column is optional for prediction). Only
-slides whose row is ``ok`` carry a prediction; every other labelled slide is counted,
-per label, as not predicted: never as right, never as wrong.
+slides whose row is ``ok`` and carries no ``warning`` (a slide that cannot be judged)
+count as predicted; every other labelled slide is counted, per label, as not predicted:
+never as right, never as wrong.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ def label_summary(labels: Mapping[str, str], rows: Iterable[Mapping[str, Any]]) 
 
     None when no row has a label. ``accuracy`` is over the predicted slides (None when
     none was); ``confusion[label][prediction]`` counts slides, ``not_predicted[label]``
-    those whose row is not ok.
+    those whose row is not ok or has a warning.
     """
     labelled = [r for r in rows if labels.get(r["slide_id"])]
     if not labelled:
         return None
-    predicted = [r for r in labelled if r["status"] == OK and r["prediction"]]
+    predicted = [r for r in labelled if r["status"] == OK and r["prediction"] and not r.get("warning")]
     classes = sorted({labels[r["slide_id"]] for r in labelled} | {r["prediction"] for r in predicted})
     confusion = {true: dict.fromkeys(classes, 0) for true in classes}
     not_predicted = dict.fromkeys(classes, 0)
