@@ -352,3 +352,17 @@ def test_a_file_reached_by_two_names_is_predicted_once(tmp_path):
         f"{tmp_path / 'b.svs'}: the same file as {tmp_path / 'a.svs'}, predicted once",
         f"{tmp_path / 'a.svs'}: listed more than once, predicted once",
     )
+
+
+def test_a_subfolder_that_cannot_be_read_is_skipped_with_a_note(tmp_path):
+    touch(tmp_path / "a.svs")
+    touch(tmp_path / "locked" / "b.svs")
+    (tmp_path / "locked").chmod(0)
+    try:
+        if os.access(tmp_path / "locked", os.R_OK):
+            pytest.skip("this user reads any folder (root)")
+        found = discover([tmp_path])
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    assert [s.slide_id for s in found.slides] == ["a"]
+    assert found.notes == (f"{tmp_path / 'locked'}: skipped, cannot be read (Permission denied)",)
