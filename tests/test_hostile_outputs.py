@@ -331,7 +331,7 @@ def test_a_link_to_its_own_folder_finds_each_slide_once(tmp_path):
     (tmp_path / "self").symlink_to(".")
     found = discover([tmp_path])
     assert [(s.slide_id, s.path) for s in found.slides] == [("a", str(tmp_path / "a.svs"))]
-    assert found.notes == (f"{tmp_path / 'self'}: skipped, a link to a folder already searched",)
+    assert found.notes == (f"{tmp_path / 'self'}: skipped, already searched",)
 
 
 def test_folders_linking_to_each_other_are_each_searched_once(tmp_path):

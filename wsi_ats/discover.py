@@ -95,7 +95,7 @@ def _walk(folder: Path, notes: list[str], visited: set[tuple[int, int]]) -> list
         notes.append(f"{folder}: skipped, cannot be read ({err.strerror or err})")
         return []
     if (info.st_dev, info.st_ino) in visited:
-        notes.append(f"{folder}: skipped, a link to a folder already searched")
+        notes.append(f"{folder}: skipped, already searched")  # a link back to it, or listed twice
         return []
     visited.add((info.st_dev, info.st_ino))
     found: list[tuple[str, Path]] = []
@@ -131,7 +131,7 @@ def discover(sources: Iterable[str | os.PathLike[str] | ManifestRow], taken: Map
     always give the same ids. Raises `SlideIdConflict` when a manifest id is ``taken``
     by another path with a result.
     """
-    taken = dict(taken or {})
+    taken = taken or {}
     notes: list[str] = []
     visited: set[tuple[int, int]] = set()
     candidates: list[tuple[str, str | Path, bool]] = []  # (id, path, id fixed by a manifest)
@@ -155,15 +155,14 @@ def discover(sources: Iterable[str | os.PathLike[str] | ManifestRow], taken: Map
             candidates.append((slide_stem(path), path, False))
 
     fixed_ids = {sid for sid, _, fixed in candidates if fixed}
-    _refuse_conflicts([(sid, str(path)) for sid, path, fixed in candidates if fixed], taken)
+    _refuse_conflicts([(sid, _absolute(path)) for sid, path, fixed in candidates if fixed], taken)
     by_path = {t.path: sid for sid, t in taken.items() if sid not in fixed_ids}  # earlier runs' path-derived names
     used = fixed_ids | set(taken)
     seen: dict[str, str] = {}  # real path -> the path it was first found as
     slides: list[SlideSource] = []
     for sid, path, fixed in candidates:
-        local = "://" not in str(path)
-        abspath = os.path.abspath(path) if local else str(path)
-        real = _real_path(abspath) if local else abspath
+        abspath = _absolute(path)
+        real = _real_path(abspath) if "://" not in abspath else abspath
         if not fixed:
             if real in seen:
                 same = "listed more than once" if seen[real] == abspath else f"the same file as {seen[real]}"
@@ -172,11 +171,16 @@ def discover(sources: Iterable[str | os.PathLike[str] | ManifestRow], taken: Map
             if by_path.get(abspath) is not None:
                 sid = by_path.pop(abspath)  # the name an earlier run gave this file
             else:
-                sid = _unique(sid, used, abspath, taken, notes)
+                sid = _unique(sid, used, str(path), taken, notes)
             used.add(sid)
         seen.setdefault(real, abspath)
         slides.append(SlideSource(sid, abspath, resolution.get(sid) if fixed else None))
     return Discovery(tuple(slides), tuple(notes))
+
+
+def _absolute(path: str | Path) -> str:
+    """The path as a row records it: absolute, links kept; a URL as written."""
+    return str(path) if "://" in str(path) else os.path.abspath(path)
 
 
 def _real_path(path: str) -> str:

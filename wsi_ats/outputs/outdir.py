@@ -60,7 +60,7 @@ def claim_output_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         out.mkdir(parents=True, exist_ok=True)
         state.mkdir(exist_ok=True)
-        lock = FileLock(state / LOCK_FILE, is_singleton=True)
+        lock = FileLock(Path(os.path.realpath(state)) / LOCK_FILE, is_singleton=True)  # one lock object per real OUT
         lock.acquire(blocking=False)
     except Timeout:
         raise OutputError(f"{out}: in use by another wsi-ats run ({_holder(state)}); wait for it to finish or give another --out") from None
@@ -69,6 +69,7 @@ def claim_output_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         if lock.lock_counter == 1:  # the outermost claim
             try:
+                remove_stale_temps(state)
                 atomic_write_json(state / OWNER_FILE, _owner())
                 remove_stale_temps(out)
             except OSError as err:
