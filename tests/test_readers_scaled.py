@@ -9,7 +9,7 @@ import pytest
 
 from wsi_ats.readers import open_slide
 from wsi_ats.readers.base import Slide
-from wsi_ats.readers.scaled import MAX_STEP, TILE, ScaledSlide, at_scales, matching_level
+from wsi_ats.readers.scaled import MAX_STEP, MAX_TILE, ScaledSlide, at_scales, matching_level
 
 
 class CountingSlide(Slide):
@@ -63,7 +63,7 @@ def test_a_far_coarser_level_is_built_through_bounded_steps(image):
     assert sorted(lv.downsample for lv in view.levels) == [1.0, 4.0, 16.0, 64.0]
     level = matching_level(view, 64.0)
     view.read_region(level, (0, 0), view.levels[level].shape)
-    assert counting.largest <= (TILE * MAX_STEP + 1) ** 2  # no read bigger than one step's tile
+    assert counting.largest <= (MAX_TILE * MAX_STEP + 1) ** 2  # no read bigger than one step's tile
 
 
 def test_a_resampled_slide_pickles_and_reads_the_same_after(slide_paths):
