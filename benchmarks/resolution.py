@@ -223,7 +223,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     rss_ax.set_ylabel("peak RSS (MiB)")
     for ax in (time_ax, rss_ax):
         ax.tick_params(axis="x", labelsize=7)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, markerscale=0.3)
     fig.suptitle(f"{native['shape'][0]}^2 slide stored three ways -- {machine_line(result['machine'])}", fontsize=9)
     return save_figure(fig, path)
 
