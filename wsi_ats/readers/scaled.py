@@ -26,10 +26,11 @@ Why these rules:
   a region read, a tile read and a fetched patch always agree exactly.
 * Recently used tiles are kept in memory (`CACHE_BYTES`); over budget, the finest level's
   oldest go first: a coarser tile stands for many finer ones and costs far more to make
-  again (on a one-level slide, a 1/64 tile is the base decoded under it). With ``cache`` (a folder), tiles are also kept on disk, one small zstd file per
-  tile in a folder keyed by the file's identity, so reruns and training epochs do not
-  decode the base level again. (Not a zarr store: its per-chunk overhead, about 2 ms to
-  write and 0.7 ms to read, cost more than decoding the tile's source.)
+  again (on a one-level slide, a 1/64 tile is the base decoded under it).
+* With ``cache`` (a folder), tiles are also kept on disk, one small zstd file per tile in a
+  folder keyed by the file's identity, so reruns and training epochs do not decode the base
+  level again. (Not a zarr store: its per-chunk overhead, about 2 ms to write and 0.7 ms to
+  read, cost more than decoding the tile's source.)
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ class ScaledSlide(Slide):
                 levels.append(Level(shape, d, (edge, edge)))
         super().__init__(base.source, tuple(levels), base.mpp, base.properties)
         self.backend = base.backend
+        finest_first = sorted(self.resampled, key=lambda i: levels[i].downsample)
         #: In-memory tiles, one LRU order per resampled level, finest level first (evicted first).
-        self._tiles: dict[int, OrderedDict[tuple[int, int], np.ndarray]] = {i: OrderedDict() for i in sorted(self.resampled, key=lambda i: levels[i].downsample)}
+        self._tiles: dict[int, OrderedDict[tuple[int, int], np.ndarray]] = {i: OrderedDict() for i in finest_first}
         self._bytes = 0
         self._lock = threading.Lock()
         self._disk: dict[int, tuple[str, set[str]]] = {}
@@ -199,7 +201,8 @@ class ScaledSlide(Slide):
         disk, name = self._disk_level(level), f"{ty}_{tx}.zst"
         if disk is None:
             return
-        atomic_write_bytes(os.path.join(disk[0], name), imagecodecs.zstd_encode(np.ascontiguousarray(tile).tobytes(), level=1), durable=False)
+        data = imagecodecs.zstd_encode(np.ascontiguousarray(tile).tobytes(), level=1)
+        atomic_write_bytes(os.path.join(disk[0], name), data, durable=False)
         disk[1].add(name)
 
     # -- plumbing ------------------------------------------------------------------------------
