@@ -21,9 +21,9 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from harness import (
@@ -38,7 +38,10 @@ from harness import (
     write_json,
 )
 
-from wsi_ats.megadigits_train import MODELS, Recipe, cost_at_canvas, load_recipe, run_experiment
+from experiments.megadigits.cost import cost_at_canvas
+from experiments.megadigits.nets import MODELS
+from experiments.megadigits.recipe import Recipe, load_recipe
+from experiments.megadigits.run import run_experiment
 
 LABELS = {"ats": "ATS", "ats_plain": "ATS, plain attention", "low": "CNN low-res", "full": "CNN full-res"}
 COLOURS = {"ats": "tab:green", "ats_plain": "tab:olive", "low": "tab:grey", "full": "tab:blue"}
@@ -54,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or (CACHE / "megadigits-quick.json" if args.quick else RESULTS / "megadigits.json")
 
     recipe = load_recipe(args.config, quick=args.quick)
-    threads = args.threads or recipe.threads or torch.get_num_threads()
+    threads = args.threads or recipe.experiment.threads or torch.get_num_threads()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:  # the bench runner calls main in its own process: leave its thread count as found
@@ -72,17 +75,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _measure(recipe: Recipe, *, quick: bool, config: Path) -> dict[str, Any]:
     """Train and test every model, then time them at each canvas size: the report's body."""
     started, info = time.perf_counter(), machine_info()  # the load average before the run
-    results = run_experiment(recipe, log=lambda line: print(line, flush=True), processes=recipe.processes)
+    results = run_experiment(recipe, log=lambda line: print(line, flush=True))
     scaling = {
         str(canvas): {name: cost_at_canvas(name, canvas, recipe) for name in ("ats", "full")}
-        for canvas in recipe.cost_canvases
+        for canvas in recipe.experiment.cost_canvases
     }
     return {
         "benchmark": "megadigits",
         "mode": "quick" if quick else "default",
         "config": str(config),
-        "seed": recipe.seed,
-        "recipe": asdict(recipe),
+        "seed": recipe.experiment.seed,
+        "recipe": recipe.to_dict(),
         "machine": {**info, "torch_threads": torch.get_num_threads(),
                     "load_average_after": [round(v, 2) for v in os.getloadavg()]},
         "wall_seconds": time.perf_counter() - started,
@@ -103,8 +106,10 @@ def summary(report: dict[str, Any]) -> list[dict[str, Any]]:
                     " / ".join(f"{models[name]['test_error']:.3f}" for name in ("ats", "full", "low", "ats_plain")),
                     "ATS <= full-res + 0.02", models["ats"]["test_error"] <= models["full"]["test_error"] + 0.02),
     ]  # fmt: skip
-    if "test_error_one_draw" in models["ats"]:
-        rows.append(summary_row("ATS test error from a single draw of n patches", f"{models['ats']['test_error_one_draw']:.3f}"))
+    by_draws = models["ats"].get("test_error_by_draws", {})
+    if len(by_draws) > 1:
+        rows.append(summary_row(f"ATS test error by test-time draws of n patches ({' / '.join(by_draws)})",
+                                " / ".join(f"{error:.3f}" for error in by_draws.values())))  # fmt: skip
     return rows + [
         summary_row(f"full-res / ATS time per sample, {canvas}^2 canvas (wall; CPU)",
                     f"{full['seconds'] / ats['seconds']:.1f}x; {full['cpu_seconds'] / ats['cpu_seconds']:.1f}x",
@@ -118,8 +123,8 @@ def summary(report: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown(report: dict[str, Any]) -> str:
     """The results as a markdown table (one row per model), then the cost-vs-canvas table."""
     lines = [
-        "| model | test error | train error | ms / sample (fwd+bwd) | CPU ms / sample "
-        "| activation MiB / sample | pixels read / sample | epochs | training s |",
+        ("| model | test error | train error | ms / sample (fwd+bwd) | CPU ms / sample "
+        "| activation MiB / sample | pixels read / sample | epochs | training s |"),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in MODELS:
@@ -130,8 +135,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {row['activation_mib_per_sample']:.2f} "
             f"| {row['pixels_per_sample']:,} | {row['epochs']} | {row['train_seconds']:.0f} |"
         )
-    lines += ["", "| canvas | ATS ms | full ms | ATS MiB | full MiB | time ratio (wall) | time ratio (CPU) "
-              "| memory ratio |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", ("| canvas | ATS ms | full ms | ATS MiB | full MiB | time ratio (wall) | time ratio (CPU) "
+              "| memory ratio |"), "|---|---|---|---|---|---|---|---|"]
     for canvas, costs in report["cost_vs_canvas"].items():
         ats, full = costs["ats"], costs["full"]
         lines.append(
@@ -144,9 +149,10 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _error(row: dict[str, Any], split: str) -> str:
-    """``0.083`` or, where draws were averaged, ``0.083 (1 draw: 0.193)``."""
-    one = row.get(f"{split}_error_one_draw")
-    return f"{row[f'{split}_error']:.3f}" + ("" if one is None else f" (1 draw: {one:.3f})")
+    """``0.083`` or, where draws were averaged, ``0.083 (draws 1: 0.193, 4: 0.101, 16: 0.083)``."""
+    by_draws = row.get(f"{split}_error_by_draws", {})
+    detail = ", ".join(f"{draws}: {error:.3f}" for draws, error in by_draws.items())
+    return f"{row[f'{split}_error']:.3f}" + (f" (draws {detail})" if len(by_draws) > 1 else "")
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
@@ -172,7 +178,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     epochs = ", ".join(f"{LABELS[name]} {row['epochs']}" for name, row in report["models"].items())
     fig.suptitle(
         f"megadigits ({report['mode']}): {recipe['dataset']['canvas']}^2 canvas, "
-        f"{recipe['n_train']} train / {recipe['n_test']} test, epochs {epochs}, "
+        f"{recipe['experiment']['n_train']} train / {recipe['experiment']['n_test']} test, epochs {epochs}, "
         f"seed {report['seed']}; {machine_line(report['machine'])}, torch threads {report['machine']['torch_threads']}",
         fontsize=9,
     )

@@ -1,4 +1,4 @@
-"""megadigits: canvases of real sklearn digits (the paper's megaNIST) and ATS training on them."""
+"""megadigits (experiments/megadigits): canvases of real sklearn digits (the paper's megaNIST) and ATS training on them."""
 
 from __future__ import annotations
 
@@ -11,16 +11,15 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from wsi_ats.megadigits import MegaDigitsConfig, digit_pool, make_megadigits
-from wsi_ats.megadigits_train import (
-    Recipe,
-    TrainConfig,
-    build_model,
-    cost_per_sample,
-    fit,
-    load_recipe,
-    run_experiment,
-)
+from experiments.megadigits.cost import cost_per_sample
+from experiments.megadigits.data import MegaDigitsConfig, digit_pool, make_megadigits
+from experiments.megadigits.nets import build_model
+from experiments.megadigits.recipe import Experiment, Recipe, load_recipe
+from experiments.megadigits.run import run_experiment
+from experiments.megadigits.train import fit
+from wsi_ats.models.config import ConfigError, LevelSpec, ModelConfig, NetSpec, TrainConfig
+from wsi_ats.models.registry import available
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -112,18 +111,29 @@ def test_a_canvas_too_small_for_its_digits_is_rejected():
 
 
 TINY = MegaDigitsConfig(canvas=96, digit_size=16, n_noise=2, low_scale=0.25)
-TINY_TRAIN = TrainConfig(epochs=30, batch_size=8, lr=3e-3, n_patches=8, patch_size=32, width=16)
+TINY_MODEL = ModelConfig(
+    attention=NetSpec("megadigits_ink", (("ink_prior", 8.0),)),
+    features=NetSpec("megadigits_convs", (("width", 16),)),
+    classifier=NetSpec("megadigits_bn_linear"),
+    low=LevelSpec(downsample=4.0),
+    high=LevelSpec(downsample=1.0),
+    patch_size=32,
+    n_patches=8,
+    entropy_strength=1e-4,
+    smooth=1e-5,
+)
+TINY_TRAIN = TrainConfig(epochs=30, batch_size=8, lr=3e-3)
 
 
 def test_one_ats_backward_pass_reaches_the_attention_net_and_the_feature_net():
     data = make_megadigits(8, seed=0, config=TINY)
-    model = build_model("ats", TINY_TRAIN, seed=0)
+    model = build_model("ats", TINY_MODEL, seed=0)
     low = torch.from_numpy(data.low).unsqueeze(1).float() / 255
     high = torch.from_numpy(data.high).unsqueeze(1)
     logits, attention = model(low, high, torch.Generator().manual_seed(0))
     assert logits.shape == (8, 10) and attention.shape == (8, 24, 24)
     torch.nn.functional.cross_entropy(logits, torch.from_numpy(data.labels)).backward()
-    for net in (model.attention.net, model.features):
+    for net in (model.attention, model.features):
         grads = [p.grad for p in net.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
         assert sum(float(g.abs().sum()) for g in grads) > 0
@@ -131,7 +141,7 @@ def test_one_ats_backward_pass_reaches_the_attention_net_and_the_feature_net():
 
 def test_ats_probabilities_over_several_draws_are_the_mean_of_single_draws_from_the_same_stream():
     data = make_megadigits(4, seed=0, config=TINY)
-    model = build_model("ats", TINY_TRAIN, seed=0).eval()
+    model = build_model("ats", TINY_MODEL, seed=0).eval()
     low = torch.from_numpy(data.low).unsqueeze(1).float() / 255
     high = torch.from_numpy(data.high).unsqueeze(1)
     with torch.no_grad():
@@ -156,7 +166,7 @@ def test_ink_prior_puts_the_untrained_attention_on_the_digits():
 
     def mass(name):
         with torch.no_grad():
-            attention = build_model(name, TINY_TRAIN, seed=0).attention(low).numpy()
+            attention = build_model(name, TINY_MODEL, seed=0).attention_map(low).numpy()
         return attention[on_digits].sum() / len(data)
 
     assert mass("ats_plain") == pytest.approx(uniform, rel=0.2)
@@ -165,59 +175,93 @@ def test_ink_prior_puts_the_untrained_attention_on_the_digits():
 
 def test_a_few_ats_training_steps_lower_the_loss():
     data = make_megadigits(8, seed=0, config=TINY)
-    history = fit(build_model("ats", TINY_TRAIN, seed=0), data, TINY_TRAIN, seed=0)
+    history = fit(build_model("ats", TINY_MODEL, seed=0), data, TINY_TRAIN, seed=0)
     assert np.mean(history[-5:]) < np.mean(history[:5]) - 0.15
 
 
 def test_ats_step_saves_less_activation_memory_than_the_full_resolution_cnn():
     data = make_megadigits(4, seed=6, config=MegaDigitsConfig(canvas=300, n_noise=2))
-    cfg = TrainConfig(batch_size=4, n_patches=4, patch_size=50, width=16)
-    ats = cost_per_sample(build_model("ats", cfg, seed=0), data, cfg, repeats=1)
-    full = cost_per_sample(build_model("full", cfg, seed=0), data, cfg, repeats=1)
+    model = replace(TINY_MODEL, n_patches=4, patch_size=50)
+    ats = cost_per_sample(build_model("ats", model, seed=0), data, batch_size=4, repeats=1)
+    full = cost_per_sample(build_model("full", model, seed=0), data, batch_size=4, repeats=1)
     assert 0 < ats.activation_bytes < full.activation_bytes / 3
     assert ats.seconds > 0 and full.seconds > 0
 
 
-def test_recipe_quick_table_overrides_the_default_sizes():
+def test_the_experiment_registers_its_nets_in_the_package_registry():
+    assert "megadigits_ink" in available("attention")
+    assert "megadigits_convs" in available("features")
+    assert "megadigits_bn_linear" in available("classifier")
+
+
+def test_recipe_reads_the_package_model_and_train_tables_and_derives_the_levels_from_the_dataset():
+    recipe = load_recipe(RECIPE)
+    assert recipe.model.n_patches == 10 and recipe.model.patch_size == 50 and recipe.model.entropy_strength == 1e-4
+    assert recipe.model.attention.name == "megadigits_ink"
+    assert recipe.train.clip_grad_norm == 1.0 and recipe.train.batch_size == 16
+    assert recipe.dataset.low_scale == 0.12
+    assert recipe.model.high.downsample == 1 and recipe.model.low.downsample == pytest.approx(1 / 0.12)
+
+
+def test_recipe_quick_tables_override_the_default_sizes():
     default = load_recipe(RECIPE)
     quick = load_recipe(RECIPE, quick=True)
     assert default.dataset.canvas > quick.dataset.canvas
-    assert default.n_train > quick.n_train
-    assert default.train.n_patches == 10 and default.train.patch_size == 50
-    assert default.dataset.low_scale == 0.12 and default.train.entropy == 1e-4
+    assert default.experiment.n_train > quick.experiment.n_train
+    assert quick.model == replace(default.model, low=quick.model.low)  # the model is the same; only its level differs
+    assert quick.experiment.seed == default.experiment.seed
 
 
-def test_recipe_with_an_unknown_key_names_the_file(tmp_path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text("[train]\nepoch = 3\n")
-    with pytest.raises(ValueError, match="bad.toml.*epoch"):
-        load_recipe(bad)
+def _edited_recipe(tmp_path: Path, old: str, new: str) -> Path:
+    """``bad.toml``: the shipped recipe with its first ``old`` replaced by ``new``."""
+    text = RECIPE.read_text(encoding="utf-8")
+    assert old in text
+    path = tmp_path / "bad.toml"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return path
 
 
-def test_recipe_epochs_table_gives_a_model_its_own_epochs_and_the_others_the_default(tmp_path):
-    recipe_file = tmp_path / "r.toml"
-    recipe_file.write_text("[train]\nepochs = 5\n\n[epochs]\nats = 20\n")
-    recipe = load_recipe(recipe_file)
-    assert recipe.train_config("ats").epochs == 20
-    assert recipe.train_config("full").epochs == 5
+def test_recipe_with_an_unknown_key_names_the_file_and_the_table(tmp_path):
+    with pytest.raises(ConfigError, match=r"bad\.toml: \[train\]: unknown key\(s\) epoch"):
+        load_recipe(_edited_recipe(tmp_path, "[train]\n", "[train]\nepoch = 3\n"))
+
+
+@pytest.mark.parametrize("table, line", [("model", "tile = 64"), ("train", "weight_decay = 0.1"), ("model", "center_features = true")])
+def test_recipe_with_a_slide_only_setting_is_rejected_naming_the_file(tmp_path, table, line):
+    with pytest.raises(ConfigError, match=rf"bad\.toml: \[{table}\]: {line.split()[0]} apply to slides"):
+        load_recipe(_edited_recipe(tmp_path, f"[{table}]\n", f"[{table}]\n{line}\n"))
+
+
+def test_recipe_that_writes_a_level_is_rejected_because_the_levels_follow_from_the_dataset(tmp_path):
+    with pytest.raises(ConfigError, match=r"bad\.toml: \[model\]: low: the levels follow from \[dataset\]"):
+        load_recipe(_edited_recipe(tmp_path, "[model.attention]", "[model.low]\ndownsample = 8\n\n[model.attention]"))
+
+
+def test_recipe_naming_an_unregistered_net_names_the_file_and_what_is_available(tmp_path):
+    with pytest.raises(ConfigError, match=r"bad\.toml: no features network named 'megadigits_conv'; available: .*megadigits_convs"):
+        load_recipe(_edited_recipe(tmp_path, '"megadigits_convs"', '"megadigits_conv"'))
+
+
+def test_recipe_epochs_table_gives_a_model_its_own_epochs_and_the_others_the_default():
+    recipe = load_recipe(RECIPE)
+    assert recipe.train_config("ats").epochs == dict(recipe.experiment.epochs)["ats"] != recipe.train.epochs
+    assert recipe.train_config("full").epochs == recipe.train.epochs
     assert recipe.train_config("ats").lr == recipe.train.lr  # only the epochs differ
 
 
-@pytest.mark.parametrize("table, message", [("atss = 3", "unknown model 'atss'"), ("ats = 0", "ats must be a positive integer")])
-def test_recipe_epochs_table_with_a_bad_entry_names_the_file_and_the_entry(tmp_path, table, message):
-    bad = tmp_path / "bad.toml"
-    bad.write_text(f"[epochs]\n{table}\n")
-    with pytest.raises(ValueError, match=f"bad.toml: \\[epochs\\]: {message}"):
-        load_recipe(bad)
+@pytest.mark.parametrize("entry, message", [("atss = 60", "epochs: unknown model 'atss'"), ("ats = 0", "epochs.ats must be a positive integer")])
+def test_recipe_epochs_table_with_a_bad_entry_names_the_file_and_the_entry(tmp_path, entry, message):
+    with pytest.raises(ConfigError, match=rf"bad\.toml: \[experiment\]: {message}"):
+        load_recipe(_edited_recipe(tmp_path, "[experiment.epochs]\nats = 60", f"[experiment.epochs]\n{entry}"))
 
 
 def test_models_trained_side_by_side_in_processes_match_models_trained_in_this_process():
-    recipe = Recipe(dataset=TINY, train=replace(TINY_TRAIN, epochs=2, eval_draws=2), n_train=16, n_test=8, seed=0, threads=1,
-                    epochs=(("ats", 3),))  # fmt: skip
+    experiment = Experiment(n_train=16, n_test=8, seed=0, threads=1, report_draws=(1,), epochs=(("ats", 3),))
+    recipe = Recipe(dataset=TINY, model=TINY_MODEL, train=replace(TINY_TRAIN, epochs=2, eval_draws=2), experiment=experiment)
     here = run_experiment(recipe, models=("ats", "low"))["models"]
-    apart = run_experiment(recipe, models=("ats", "low"), processes=2)["models"]
+    apart = run_experiment(replace(recipe, experiment=replace(experiment, processes=2)), models=("ats", "low"))["models"]
     for name in ("ats", "low"):
         for key in ("test_error", "train_error", "loss_per_epoch", "epochs", "activation_mib_per_sample"):
             assert apart[name][key] == here[name][key], (name, key)
     assert here["ats"]["epochs"] == 3 and len(here["ats"]["loss_per_epoch"]) == 3
-    assert "test_error_one_draw" in here["ats"] and "test_error_one_draw" not in here["low"]
+    assert set(here["ats"]["test_error_by_draws"]) == {"1", "2"} and "test_error_by_draws" not in here["low"]

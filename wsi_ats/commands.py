@@ -3,9 +3,11 @@
 They live here rather than in `wsi_ats.cli` (argument parsing only) so Python callers get
 the same behaviour and exit codes: 0 on success (every slide ok), 1 when any slide failed
 (its row says why), 2 for bad usage or input -- an unknown ``--scheduler``, a bad manifest
-or recipe, a missing or foreign model, no slides at all, an unreachable cluster, or an
-``OUT`` whose ``predictions.csv`` is not ours. Usage is checked before the model is
-loaded, and the model before any cluster starts, so a mistake costs no startup time.
+or recipe, a missing or foreign model, no slides at all, an unreachable cluster, an
+``OUT`` whose ``predictions.csv`` is not ours, an ``OUT`` another run holds or that cannot
+be created or written (read-only, a file, full), or a manifest id that names another
+file's result in ``OUT``. Usage is checked before the model is loaded, and the model and
+``OUT`` before any cluster starts, so a mistake costs no startup time.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def predict_command(
     some, accuracy and a confusion table end the run (`wsi_ats.summary`).
     """
     from wsi_ats.manifest import read_manifest
+    from wsi_ats.outputs import OutputError, claim_output_folder, printable
     from wsi_ats.pipeline import Pipeline, exit_code
     from wsi_ats.summary import report_labels
 
@@ -56,12 +59,12 @@ def predict_command(
         scheduler_kind(scheduler, workers)
         sources = read_manifest(manifest, root=root, require_labels=False) if manifest else list(slides)
         pipeline = Pipeline(model, device=device, seed=seed, topk=topk, draws=draws, mpp=mpp, cache=cache)
-        with session(scheduler, workers, device=device, timeout=timeout) as client:
+        with claim_output_folder(out), session(scheduler, workers, device=device, timeout=timeout) as client:  # OUT before the cluster
             rows = pipeline.run_many(sources, out, client=client)
-    except (ValueError, FileNotFoundError) as err:  # ManifestError, CheckpointError, SchedulerError, NoSlidesError
-        print(f"wsi-ats predict: {err}", file=sys.stderr)
+            report_labels({s.slide_id: s.label for s in sources if not isinstance(s, (str, os.PathLike))}, rows, out)
+    except (ValueError, FileNotFoundError, OutputError) as err:  # ManifestError, CheckpointError, SchedulerError, NoSlidesError, ...
+        print(printable(f"wsi-ats predict: {err}"), file=sys.stderr)
         return EXIT_USAGE
-    report_labels({s.slide_id: s.label for s in sources if not isinstance(s, (str, os.PathLike))}, rows, out)
     return exit_code(rows)
 
 

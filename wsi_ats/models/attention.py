@@ -39,7 +39,7 @@ class SmallCNNAttention(nn.Module):
     uniform first draws almost never land on one, so neither the features nor the attention
     ever get a signal. Lesions and their mimics are dense, dark, nucleus-rich spots at the low
     level; the prior sends the first draws there, and the feature net learns to tell them
-    apart (the same idea as the ink prior of `wsi_ats.megadigits_train.AttentionNet`). The
+    apart (the same idea as the ink prior of `experiments.megadigits.nets.InkAttention`). The
     window lies inside the receptive field and follows the net's padding, so ``radius``,
     ``padding`` and tile-by-tile == whole-level hold unchanged.
     """

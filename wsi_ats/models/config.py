@@ -8,9 +8,12 @@ Unknown keys are errors (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -101,7 +104,7 @@ class ModelConfig:
         return _to_plain(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "ModelConfig":
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> ModelConfig:
         return _parse_model(data, f"{source}: [model]")
 
 
@@ -156,25 +159,29 @@ class PipelineConfig:
         return {"model": self.model.to_dict(), "train": _to_plain(self.train)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "PipelineConfig":
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> PipelineConfig:
         _reject_unknown(data, {"model", "train"}, source)
         if "model" not in data:
             raise ConfigError(f"{source}: missing the [model] table")
         model = _parse_model(_table(data, "model", source), f"{source}: [model]")
-        train = _build(TrainConfig, _table(data, "train", source, default={}), f"{source}: [train]")
+        train = from_table(TrainConfig, _table(data, "train", source, default={}), source=source, name="train")
         return cls(model=model, train=train, source=source)
 
 
 def load_config(path: str | Path) -> PipelineConfig:
     """Read a TOML recipe; errors name the file and the offending key."""
+    return PipelineConfig.from_dict(read_toml(path), source=str(Path(path)))
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The tables of a TOML recipe file, unchecked; a missing file or bad TOML is an error naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: recipe not found")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    return PipelineConfig.from_dict(data, source=str(path))
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -218,7 +225,17 @@ def _reject_unknown(data: Mapping[str, Any], known: set[str], where: str) -> Non
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
 
 
-def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+def from_table(cls: type[T], table: Mapping[str, Any], *, source: str, name: str) -> T:
+    """The frozen dataclass ``cls`` from one TOML table: every recipe's one builder.
+
+    Unknown keys are errors, integers are accepted where a float is expected, and every
+    error is a `ConfigError` that names ``source`` (the file) and the ``[name]`` table.
+    Experiments outside the package read their own tables with it too.
+    """
+    return _build(cls, table, f"{source}: [{name}]")
+
+
+def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     _reject_unknown(data, {f.name for f in fields(cls)}, where)
     for f in fields(cls):
         if f.name in data and f.type in ("float", "float | None") and isinstance(data[f.name], int) and not isinstance(data[f.name], bool):

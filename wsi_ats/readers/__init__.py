@@ -3,7 +3,8 @@
 Dispatch:
 
 - a numpy array -> `ArraySlide`;
-- a URL (``scheme://...``) or a directory -> the zarr backend (OME-Zarr 0.4/0.5, plain level groups);
+- a URL (``scheme://...``) or a directory -> the zarr backend (OME-Zarr 0.4/0.5, plain level groups),
+  except a directory holding a DICOM WSI series (``.dcm`` files) -> OpenSlide;
 - a file -> the TIFF fast path (`wsi_ats.readers.tiff`) or OpenSlide, decided once per file version:
 
   1. OpenSlide's ``detect_format`` names the vendor. Vendors other than
@@ -20,7 +21,9 @@ Dispatch:
   more levels", keeping its observable contract -- every TIFF OpenSlide reads
   opens, with at least OpenSlide's levels and pixels equal to OpenSlide's
   (tests check bit-identity on JPEG and zlib files) -- while reading the common
-  TIFF pyramids without OpenSlide's per-read overhead.
+  TIFF pyramids without OpenSlide's per-read overhead. A TIFF whose samples are
+  not an RGB picture (float, fluorescence channels) is refused, not handed to
+  OpenSlide (`wsi_ats.readers.pixels.UnsupportedPixels`).
 
 ``backend=`` forces one: ``"openslide"``, ``"tiff"``, ``"zarr"`` or ``"array"``.
 A slide pickles as its source and backend, so it reopens the same way on a worker.
@@ -39,8 +42,9 @@ import numpy as np
 from wsi_ats.readers.array import ArraySlide
 from wsi_ats.readers.base import Level, Slide, SlideError
 from wsi_ats.readers.handles import HandleCache, file_key
-from wsi_ats.readers.openslide import OpenSlideSlide, detect_vendor
+from wsi_ats.readers.openslide import OpenSlideSlide, detect_vendor, dicom_file
 from wsi_ats.readers.openslide import levels_of as openslide_levels
+from wsi_ats.readers.pixels import UnsupportedPixels
 from wsi_ats.readers.resolution import apply_resolution
 from wsi_ats.readers.tiff import open_tiff
 from wsi_ats.readers.zarr import open_zarr
@@ -83,7 +87,10 @@ def _open(source: str | os.PathLike | np.ndarray, backend: str | None) -> Slide:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), source)
     try:
         if backend is None:
-            backend = "zarr" if os.path.isdir(source) else _CHOICES.get(file_key(source), lambda: _choose(source))
+            if os.path.isdir(source):
+                backend = "openslide" if dicom_file(source) else "zarr"
+            else:
+                backend = _CHOICES.get(file_key(source), lambda: _choose(source))
         return BACKENDS[backend](source)
     except FileNotFoundError:
         raise
@@ -98,6 +105,8 @@ def _choose(path: str) -> str:
         return "openslide"
     try:
         shapes = {lv.shape for lv in open_tiff(path).levels}
+    except UnsupportedPixels:
+        raise
     except SlideError as err:
         if vendor is None:
             reason = str(err).removeprefix(f"{path}: ")

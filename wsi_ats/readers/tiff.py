@@ -19,6 +19,14 @@ planar channels, 16-bit, unusual photometrics) is read through tifffile's zarr
 view instead (`tifffile.TiffPageSeries.aszarr` and the zarr backend's `Pyramid`), where
 a "tile" is a strip or tifffile's chunk.
 
+Samples become RGB by `wsi_ats.readers.pixels`' rules, which are libtiff's (so the
+pixels equal OpenSlide's): 16-bit to 8 by ``(v + 128) // 257``, grey replicated, a
+fourth sample composited onto white as associated alpha when ``ExtraSamples`` says so
+or says nothing (libtiff's reading), as straight alpha when it says unassociated.
+Floating-point samples, 2 or more than 4 channels, and several samples the file
+declares grey (``minisblack``: fluorescence channels) are refused
+(`pixels.UnsupportedPixels`): OpenSlide would show their first channel as grey.
+
 Metadata: mpp and objective power from the Aperio ImageDescription
 (``MPP``, ``AppMag``), the OME-XML (``PhysicalSizeX/Y`` with units,
 ``NominalMagnification``), or else the resolution tags when their unit is
@@ -43,7 +51,7 @@ from tifffile import TIFF
 from wsi_ats.readers.base import Level, Slide, SlideError, blit
 from wsi_ats.readers.handles import FileKey, HandleCache, check_unchanged, file_key
 from wsi_ats.readers.metadata import downsample, mean_mpp, openslide_properties, parse_float, to_microns
-from wsi_ats.readers.pixels import to_rgb
+from wsi_ats.readers.pixels import check_samples, to_rgb
 from wsi_ats.readers.zarr import Pyramid, ZarrSlide, pyramid_levels
 
 #: Parsed TIFF files kept open per process.
@@ -65,7 +73,8 @@ _TIFF_TAGS = (
 )
 _RESOLUTION_UNITS = {1: "none", 2: "inch", 3: "centimeter"}
 _JPEG = 7
-_MINISBLACK, _RGB, _YCBCR = 1, 2, 6
+_MINISWHITE, _MINISBLACK, _RGB, _YCBCR = 0, 1, 2, 6
+_UNASSOCIATED_ALPHA = 2
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,7 @@ class _TiledLevel:
     page: tifffile.TiffPage
     offsets: np.ndarray
     counts: np.ndarray
+    premultiplied: bool
 
 
 @dataclass(frozen=True)
@@ -129,7 +139,7 @@ class TiffSlide(Slide):
             tile = lv.page.decode(data, index, jpegtables=lv.page.jpegtables)[0]
         except Exception as err:  # imagecodecs raises a different class per codec
             raise SlideError(f"{where}: cannot decode: {err}") from err
-        return to_rgb(tile[0, :h, :w])
+        return to_rgb(tile[0, :h, :w], premultiplied=lv.premultiplied)
 
     def _read(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         out = np.empty((h, w, 3), np.uint8)
@@ -149,6 +159,7 @@ def _open(path: str, key: FileKey) -> _TiledHandle | Pyramid:
     file = open(path, "rb", buffering=0)
     try:
         tf = tifffile.TiffFile(file, name=path)
+        _check_grey_samples(path, tf)
         pages = _fast_path_pages(tf)
         return _tiled_handle(path, file, tf, pages) if pages else _zarr_pyramid(path, tf)
     except SlideError:
@@ -206,7 +217,7 @@ def _tiled_handle(path: str, file: io.FileIO, tf: tifffile.TiffFile, pages: list
         if len(offsets) and int((offsets + counts).max()) > size:
             raise SlideError(f"{path}: level {i} tile data lies past the end of the file (truncated?)")
         page.decode  # noqa: B018 -- tifffile builds and caches the decoder closure once, here, not in reader threads
-        tiled.append(_TiledLevel(page, offsets, counts))
+        tiled.append(_TiledLevel(page, offsets, counts, _premultiplied(page)))
     shapes = [(p.imagelength, p.imagewidth) for p in pages]
     levels = tuple(
         Level(shape, downsample(shapes[0], shape), (p.tilelength, p.tilewidth)) for shape, p in zip(shapes, pages)
@@ -227,7 +238,33 @@ def _zarr_pyramid(path: str, tf: tifffile.TiffFile) -> Pyramid:
     yx = [(lv.shape[axes.index("y")], lv.shape[axes.index("x")]) for lv in series.levels]
     levels = pyramid_levels(path, arrays, axes, [downsample(yx[0], s) for s in yx])
     mpp, properties = _metadata(tf, levels)
-    return Pyramid(arrays, axes, levels, mpp, properties, backend="tiff")
+    return Pyramid(arrays, axes, levels, mpp, properties, backend="tiff", premultiplied=_premultiplied(series.keyframe))
+
+
+def _premultiplied(page: tifffile.TiffPage) -> bool:
+    """Whether a fourth sample is associated alpha: ExtraSamples 1, or 0 (unspecified), which libtiff reads as associated."""
+    return page.samplesperpixel == 4 and tuple(page.extrasamples)[:1] != (_UNASSOCIATED_ALPHA,)
+
+
+def _check_grey_samples(path: str, tf: tifffile.TiffFile) -> None:
+    """Refuse several samples per pixel that the file declares grey (``minisblack``): fluorescence channels, not RGB."""
+    page = tf.series[0].keyframe if tf.series else None
+    if page is not None and page.photometric in (_MINISWHITE, _MINISBLACK):
+        check_samples(path, page.dtype, page.samplesperpixel, colour=False)
+
+
+def check_tiff_samples(path: str) -> None:
+    """Raise `pixels.UnsupportedPixels` when the main image's samples are not an RGB picture (for other readers of the file)."""
+    try:
+        tf = tifffile.TiffFile(path)
+    except (ValueError, OSError):  # tifffile cannot parse it (TiffFileError is a ValueError): the other reader decides
+        return
+    with tf:
+        if tf.series:
+            _check_grey_samples(path, tf)
+            series = tf.series[0]
+            axes = series.axes.lower().replace("s", "c")
+            check_samples(path, series.dtype, series.shape[axes.index("c")] if "c" in axes else 1)
 
 
 # -- metadata ------------------------------------------------------------------

@@ -15,12 +15,14 @@ converted to micrometres (nanometer, millimeter, ... see
 ignored: levels share the level-0 origin.
 
 Layout: any axes order holding ``y`` and ``x``, an optional channel axis
-(``type: channel`` or named ``c``) of 1 (grey), 3 (RGB) or 4 channels (the
-fourth dropped), and any other axis (``t``, ``z``) of size 1. Samples are uint8
-as stored, or uint16 mapped to uint8 through the channel's ``omero`` display
-window when every channel has one (``(v - start) * 255 / (end - start)``,
-rounded, clipped) and ``v >> 8`` otherwise. Other dtypes (floats included) are
-refused: their display range is not defined by the format.
+(``type: channel`` or named ``c``) of 1 (grey), 3 (RGB) or 4 channels (RGB +
+straight alpha, composited onto white), and any other axis (``t``, ``z``) of size 1.
+Samples are uint8 as stored, or uint16 mapped to uint8 through the channel's
+``omero`` display window when every channel has one (``(v - start) * 255 / (end -
+start)``, rounded, clipped) and the full range otherwise. Floats, other integer
+types and 2 or more than 4 channels (fluorescence) are refused with
+`pixels.UnsupportedPixels`: the format does not say how they become RGB
+(`wsi_ats.readers.pixels` has the rules).
 
 Plain group: arrays ``"0"``, ``"1"``, ... shaped ``H x W x C`` (or ``H x W``),
 downsample from the shape ratio, mpp unknown.
@@ -43,7 +45,7 @@ import zarr
 from wsi_ats.readers.base import Level, Slide, SlideError
 from wsi_ats.readers.handles import HandleCache
 from wsi_ats.readers.metadata import downsample, mean_mpp, openslide_properties, to_microns
-from wsi_ats.readers.pixels import to_rgb
+from wsi_ats.readers.pixels import WHITE, check_samples, to_rgb, to_uint8
 
 #: Parsed zarr pyramids kept per process.
 MAX_OPEN = 64
@@ -59,10 +61,12 @@ class Pyramid:
     levels: tuple[Level, ...]
     mpp: float | None = None
     properties: dict[str, Any] = field(default_factory=dict)
-    #: Per-channel ``(start, end)`` display window for uint16 samples, or None for ``v >> 8``.
+    #: Per-channel ``(start, end)`` display window for uint16 samples, or None for the full range.
     window: tuple[tuple[float, float], ...] | None = None
     #: The `open_slide` backend that reopens this source.
     backend: str = "zarr"
+    #: Whether a fourth channel is associated (premultiplied) alpha, as a TIFF may say; zarr has straight alpha.
+    premultiplied: bool = False
 
 
 def pyramid_levels(
@@ -70,16 +74,12 @@ def pyramid_levels(
 ) -> tuple[Level, ...]:
     """Check that ``arrays`` hold one RGB-like image per level and describe them as `Level`s."""
     axes = _checked_axes(source, axes)
-    dtypes = {np.dtype(a.dtype) for a in arrays}
-    if not dtypes <= {np.dtype(np.uint8), np.dtype(np.uint16)}:
-        raise SlideError(f"{source}: sample type {', '.join(map(str, dtypes))} is not supported (uint8 or uint16)")
     levels = []
     for i, (array, ds) in enumerate(zip(arrays, downsamples, strict=True)):
         if array.ndim != len(axes):
             raise SlideError(f"{source}: level {i} has {array.ndim} dimensions for axes {axes}")
+        check_samples(source, array.dtype, array.shape[axes.index("c")] if "c" in axes else 1)
         for axis, size in zip(axes, array.shape):
-            if axis == "c" and size not in (1, 3, 4):
-                raise SlideError(f"{source}: {size} channels; a slide has 1, 3 or 4")
             if axis not in ("y", "x", "c") and size != 1:
                 raise SlideError(f"{source}: axis {axis!r} has {size} planes; only single-plane images are slides")
         y, x = axes.index("y"), axes.index("x")
@@ -114,16 +114,7 @@ class ZarrSlide(Slide):
         block = block.transpose([kept.index(a) for a in "yxc" if a in kept])
         if "c" not in kept:
             block = block[..., None]
-        return to_rgb(_to_uint8(block, p.window), background=None)
-
-
-def _to_uint8(block: np.ndarray, window: tuple[tuple[float, float], ...] | None) -> np.ndarray:
-    if block.dtype == np.uint8:
-        return block
-    if window is None:
-        return (block >> 8).astype(np.uint8)
-    start, end = (np.array(v, np.float32) for v in zip(*window))
-    return np.clip(np.rint((block - start) * (255 / (end - start))), 0, 255).astype(np.uint8)
+        return to_rgb(to_uint8(block, p.window), WHITE, premultiplied=p.premultiplied)
 
 
 # -- opening -------------------------------------------------------------------

@@ -6,8 +6,8 @@ lines as distractors; the label (10 classes) is the class that appears three tim
 percent of the pixels matter and the low-resolution view (scale 0.12) is too coarse to read a
 digit, which is exactly where attention sampling should pay off.
 
-Here the digits are scikit-learn's ``load_digits`` (1797 real 8 x 8 scans, shipped with the
-package: no download), upscaled with PIL. Canvases of the ``train`` split use the first two
+Here the digits are scikit-learn's ``load_digits`` (1797 real 8 x 8 scans, shipped with
+scikit-learn: no download), upscaled with PIL. Canvases of the ``train`` split use the first two
 thirds of those scans, ``test`` canvases the rest, so a test digit was never seen in training.
 Digits never overlap each other and scribbles never touch a digit, so every label is readable.
 Everything is drawn from one seeded generator per (seed, split): the same call gives the same
@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["MegaDigitsConfig", "MegaDigits", "make_megadigits", "digit_pool", "upscaled_digits"]
+__all__ = ["MegaDigits", "MegaDigitsConfig", "digit_pool", "make_megadigits", "upscaled_digits"]
 
 N_CLASSES = 10
 _SPLITS = {"train": 0, "test": 1}
