@@ -58,6 +58,7 @@ TrainingCache = dict[str, tuple[Slide, Any, list[np.ndarray]]]
 class RunFolderError(ValueError):
     """An output folder that already holds a run (without ``resume``), or one that cannot be resumed."""
 
+
 def train(
     manifest: str | Path | Sequence[ManifestRow],
     config: str | Path | PipelineConfig,
