@@ -53,6 +53,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         truth=args.truth,
         root=args.root,
+        cache=args.cache,
     )
 
 
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of <slide_id>.geojson ground-truth annotations: metrics say where the attention goes "
         "(default: annotations/ beside the manifest, as wsi-ats synth writes)",
     )
+    s.add_argument("--cache", type=Path, default=None, help="folder keeping resampled levels of slides between runs")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("predict", help="batch inference over slides, directories or a manifest")
