@@ -64,6 +64,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         truth=args.truth,
         root=args.root,
+        cache=args.cache,
         resume=args.resume,
         skip_unreadable=args.skip_unreadable,
     )
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of <slide_id>.geojson ground-truth annotations: metrics say where the attention goes "
         "(default: annotations/ beside the manifest, as wsi-ats synth writes)",
     )
+    s.add_argument("--cache", type=Path, default=None, help="folder keeping resampled levels of slides between runs")
     s.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last.pt (same recipe, seed and slides; --epochs may grow)")
     s.add_argument("--skip-unreadable", action="store_true",

@@ -82,6 +82,7 @@ def train_command(
     device: str | None = None,
     truth: str | os.PathLike[str] | None = None,
     root: str | os.PathLike[str] | None = None,
+    cache: str | os.PathLike[str] | None = None,
     resume: bool = False,
     skip_unreadable: bool = False,
 ) -> int:
@@ -89,9 +90,10 @@ def train_command(
 
     ``truth``: a folder of ``<slide_id>.geojson`` ground-truth annotations (default: an
     ``annotations/`` folder beside the manifest, where ``wsi-ats synth`` writes them);
-    ``root`` resolves the manifest's relative paths (default: its folder). ``resume``
-    continues the run in ``out`` (an ``out`` holding one is refused without it);
-    ``skip_unreadable`` trains without unreadable slides instead of refusing them.
+    ``root`` resolves the manifest's relative paths (default: its folder); ``cache`` keeps
+    the slides' resampled levels on disk between runs. ``resume`` continues the run in
+    ``out`` (an ``out`` holding one is refused without it); ``skip_unreadable`` trains
+    without unreadable slides instead of refusing them.
     """
     from wsi_ats import recipes
     from wsi_ats.evaluate import truth_boxes
@@ -106,8 +108,8 @@ def train_command(
         if truth is not None and not folder.is_dir():
             raise FileNotFoundError(f"{folder}: ground-truth folder not found")
         boxes = truth_boxes(folder, [r.slide_id for r in rows])
-        metrics = train(rows, recipe, out, seed=seed, epochs=epochs, device=device, truth=boxes, resume=resume,
-                        skip_unreadable=skip_unreadable)
+        metrics = train(rows, recipe, out, seed=seed, epochs=epochs, device=device, truth=boxes, resampled_cache=cache,
+                        resume=resume, skip_unreadable=skip_unreadable)
     except (ValueError, FileNotFoundError) as err:  # bad manifest, recipe, checkpoint or resume: all ValueErrors
         print(f"wsi-ats train: {err}", file=sys.stderr)
         return EXIT_USAGE
