@@ -57,6 +57,8 @@ BENCHMARKS = (
               quick=("--size", "1024", "--steps", "1", "--rounds", "1")),
     Benchmark("ats_vs_dense", "ATS against dense tiling + gated-attention MIL: accuracy, time, patches, RSS"),
     Benchmark("flat_memory", "ATS inference peak RSS and time on a 20k and a 200k slide of the same tissue"),
+    Benchmark("same_answer", "a trained model on slides stored four other ways: same class as the originals, by microns and by downsample"),
+    Benchmark("resolution", "ATS time and peak RSS on a 40k slide stored natively, as a pyramid lacking the model's scales, as one level"),
     Benchmark("scaling", "batch prediction throughput against the number of workers"),
     Benchmark("megadigits", "Megapixel MNIST-style task: ATS accuracy and time against baselines"),
 )  # fmt: skip

@@ -27,8 +27,11 @@ STORAGES = {
 }
 
 
-def demo_model(folder: Path) -> tuple[Path, Path]:
-    """``(model.pt, manifest.csv)`` of the demo cohort, trained into ``folder`` when not there yet."""
+def demo_model(folder: Path, quick: bool = False) -> tuple[Path, Path]:
+    """``(model.pt, manifest.csv)`` of the demo cohort, trained into ``folder`` when not there yet.
+
+    ``quick``: 4 slides of 1024 px and one epoch, a smoke run of the whole script.
+    """
     from wsi_ats.demo import DEMO_COHORT
     from wsi_ats.evaluate import truth_boxes
     from wsi_ats.manifest import read_manifest
@@ -37,11 +40,12 @@ def demo_model(folder: Path) -> tuple[Path, Path]:
     from wsi_ats.train import train
 
     model, manifest = folder / "run" / "model.pt", folder / "cohort" / "manifest.csv"
+    cohort = {**DEMO_COHORT, "n": 4, "size": 1024, "n_blobs": 3} if quick else DEMO_COHORT
     if not manifest.exists():
-        make_cohort(folder / "cohort", **DEMO_COHORT, progress=False)
+        make_cohort(folder / "cohort", **cohort, progress=False)
     if not model.exists():
         rows = read_manifest(manifest)
-        train(rows, recipe("synthetic_wsi"), folder / "run", seed=0, progress=False,
+        train(rows, recipe("synthetic_wsi"), folder / "run", seed=0, epochs=1 if quick else None, progress=False,
               truth=truth_boxes(manifest.parent / "annotations", [r.slide_id for r in rows]))
     return model, manifest
 
@@ -54,10 +58,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from wsi_ats.synth.restore import restore
 
     info, started = machine_info(), time.perf_counter()
-    model_path, manifest = (args.model, args.manifest) if args.model else demo_model(CACHE / "same-answer-demo")
+    folder = CACHE / ("same-answer-quick" if args.quick else "same-answer-demo")
+    model_path, manifest = (args.model, args.manifest) if args.model else demo_model(folder, args.quick)
     model = load_checkpoint(model_path, device="cpu")
     rows = [r for r in read_manifest(manifest) if r.split == "test"] or read_manifest(manifest)
-    copies = CACHE / "same-answer-copies"
+    copies = folder / "copies"
     slides = []
     for row in rows:
         out: dict[str, Any] = {"slide_id": row.slide_id, "label": row.label}
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manifest", type=Path, default=None, help="its cohort's manifest (with --model)")
     p.add_argument("--draws", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="accepted for the runner; the run is already small")
+    p.add_argument("--quick", action="store_true", help="a 4-slide cohort of 1024 px, one epoch: a smoke run")
     args = p.parse_args(argv)
     if bool(args.model) != bool(args.manifest):
         p.error("give --model and --manifest together")

@@ -49,20 +49,20 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 # -- per-slide functions run on the workers (importable from this module) ---------------------------
 
 
-def stall_first_attempt(marker: str, victim: str, model, source, slide_id, seed, **options):
+def stall_first_attempt(marker: str, victim: str, model, source, slide_id, seed, mpp=None, **options):
     """`predict_one`, except that ``victim``'s first attempt writes its process id to ``marker`` and stalls."""
     if slide_id == victim and not os.path.exists(marker):
         Path(marker + ".tmp").write_text(str(os.getpid()))
         os.replace(marker + ".tmp", marker)
         time.sleep(WAIT)  # killed long before this ends
-    return predict_one(model, source, slide_id, seed, **options)
+    return predict_one(model, source, slide_id, seed, mpp, **options)
 
 
-def crash_on(victim: str, model, source, slide_id, seed, **options):
+def crash_on(victim: str, model, source, slide_id, seed, mpp=None, **options):
     """`predict_one`, except that ``victim`` ends its worker process every time."""
     if slide_id == victim:
         os._exit(13)
-    return predict_one(model, source, slide_id, seed, **options)
+    return predict_one(model, source, slide_id, seed, mpp, **options)
 
 
 # -- fixtures ----------------------------------------------------------------------------------------

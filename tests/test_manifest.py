@@ -39,7 +39,7 @@ def test_case_id_is_an_optional_column_that_is_kept(tmp_path):
 
 def test_a_case_in_two_splits_is_refused_naming_both_lines(tmp_path):
     m = write(tmp_path / "m.csv", "slide_id,path,label,split,case_id\na,a.tiff,x,train,p1\nb,b.tiff,x,val,p2\nc,c.tiff,x,test,p1\n")
-    with pytest.raises(ManifestError, match=r"m\.csv:4: case_id 'p1' is in split test here and in train on line 2"):
+    with pytest.raises(ManifestError, match=r"m\.csv:4: column case_id: 'p1' is in split test here and in train on line 2"):
         read_manifest(m)
 
 

@@ -7,9 +7,9 @@ import pickle
 import numpy as np
 import pytest
 
-from wsi_ats.readers import open_slide
+from wsi_ats.readers import open_slide, scaled
 from wsi_ats.readers.base import Slide
-from wsi_ats.readers.scaled import MAX_STEP, TILE, ScaledSlide, at_scales, matching_level
+from wsi_ats.readers.scaled import MAX_STEP, MAX_TILE, ScaledSlide, at_scales, matching_level
 
 
 class CountingSlide(Slide):
@@ -63,7 +63,7 @@ def test_a_far_coarser_level_is_built_through_bounded_steps(image):
     assert sorted(lv.downsample for lv in view.levels) == [1.0, 4.0, 16.0, 64.0]
     level = matching_level(view, 64.0)
     view.read_region(level, (0, 0), view.levels[level].shape)
-    assert counting.largest <= (TILE * MAX_STEP + 1) ** 2  # no read bigger than one step's tile
+    assert counting.largest <= (MAX_TILE * MAX_STEP + 1) ** 2  # no read bigger than one step's tile
 
 
 def test_a_resampled_slide_pickles_and_reads_the_same_after(slide_paths):
@@ -82,3 +82,40 @@ def test_the_disk_cache_serves_a_rerun_without_reading_the_slide(image, tmp_path
     rerun = ScaledSlide(counting, (6.0,), cache=tmp_path)
     np.testing.assert_array_equal(rerun.read_region(level, (0, 0), rerun.levels[level].shape), want)
     assert counting.reads == 0
+
+
+def test_a_small_read_on_a_resampled_level_decodes_about_one_source_tile(image):
+    counting = CountingSlide(open_slide(image))  # numpy levels: 512 px tiles
+    view = ScaledSlide(counting, (2.0,))
+    level = matching_level(view, 2.0)
+    assert view.tile_shape(level) == (256, 256)  # x2 of a 512 px tile
+    view.read_region(level, (300, 300), (32, 32))
+    assert counting.largest <= 512 * 512
+
+
+def test_coarse_tiles_stay_in_memory_while_the_finer_ones_they_were_made_from_go(monkeypatch):
+    pixels = np.random.default_rng(1).integers(0, 256, (2600, 2600, 3), dtype=np.uint8)
+    counting = CountingSlide(open_slide(pixels))
+    counting.levels = counting.levels[:1]
+    monkeypatch.setattr(scaled, "CACHE_BYTES", 400_000)  # the x16 and x64 levels, a third of x4
+    view = ScaledSlide(counting, (64.0,))
+    view.read_region(matching_level(view, 64.0), (0, 0), view.levels[matching_level(view, 64.0)].shape)
+    reads = counting.reads
+    x16 = matching_level(view, 16.0)
+    view.read_region(x16, (0, 0), view.levels[x16].shape)
+    assert counting.reads == reads  # the x16 tiles made for x64 were kept: the base is not decoded again
+
+
+def test_a_tile_missing_or_cut_short_in_the_disk_cache_is_made_again(tmp_path, slide_paths):
+    first = at_scales(open_slide(slide_paths["svs"]), (6.0,), cache=tmp_path)
+    level = matching_level(first, 6.0)
+    want = first.read_region(level, (0, 0), first.levels[level].shape)
+    files = sorted(tmp_path.rglob("*.zst"))
+    assert len(files) == np.prod(first.tile_grid(level)) > 2
+    files[0].unlink()  # never written: the process was killed before
+    files[1].write_bytes(files[1].read_bytes()[:10])  # cut short: the machine crashed before it reached the disk
+    counting = CountingSlide(open_slide(slide_paths["svs"]))
+    counting.source = first.source
+    rerun = ScaledSlide(counting, (6.0,), cache=tmp_path)
+    np.testing.assert_array_equal(rerun.read_region(level, (0, 0), rerun.levels[level].shape), want)
+    assert counting.reads == 2

@@ -61,7 +61,7 @@ def test_same_seed_same_metrics(cohort, tmp_path):
 
 def test_rerun_resumes_from_the_last_epoch_and_matches_an_uninterrupted_run(cohort, tmp_path):
     train(cohort, recipe(epochs=1), tmp_path / "resumed", progress=False)
-    resumed = train(cohort, recipe(), tmp_path / "resumed", epochs=2, progress=False)
+    resumed = train(cohort, recipe(), tmp_path / "resumed", epochs=2, progress=False, resume=True)
     straight = train(cohort, recipe(), tmp_path / "straight", epochs=2, progress=False)
     assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in straight["epochs"]]
     a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True)["state_dict"] for d in ("resumed", "straight"))
@@ -71,7 +71,7 @@ def test_rerun_resumes_from_the_last_epoch_and_matches_an_uninterrupted_run(coho
 def test_resuming_with_another_recipe_is_refused(cohort, tmp_path):
     train(cohort, recipe(epochs=1), tmp_path, progress=False)
     with pytest.raises(ValueError, match=r"last\.pt: belongs to a different run"):
-        train(cohort, recipe(epochs=2, lr=1e-3), tmp_path, progress=False)
+        train(cohort, recipe(epochs=2, lr=1e-3), tmp_path, progress=False, resume=True)
 
 
 def test_without_a_split_column_the_split_is_seeded_and_stratified():

@@ -9,6 +9,7 @@ checkpoint where a good one was.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +53,26 @@ def save_checkpoint(path: str | Path, model: ATSModel, *, metadata: dict[str, An
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint's contents, validated; `CheckpointError` for anything that is not ours."""
     path = Path(path)
+    if path.is_dir():
+        inside = " (it holds model.pt)" if (path / "model.pt").is_file() else ""
+        raise CheckpointError(f"{path}: is a folder; give the checkpoint file, e.g. {path / 'model.pt'}{inside}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a wsi-ats checkpoint (an interrupted copy?)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many types on foreign bytes; all mean "not ours"
-        raise CheckpointError(f"{path}: not a wsi-ats checkpoint (torch.load failed: {str(err).splitlines()[0]})") from None
+    except Exception as err:  # noqa: BLE001 - torch.load raises many types on foreign bytes; all mean "not ours"
+        if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err):  # weights_only refused a class
+            reason = "it holds pickled Python objects; wsi-ats loads only tensors and plain values"  # e.g. torch.save(model)
+        else:  # torch's unpickling messages advise loading with weights_only=False: not advice to pass on
+            detail = type(err).__name__ if isinstance(err, pickle.UnpicklingError) else _first_line(err)[:160]
+            reason = f"unreadable as a torch file, truncated or foreign: {detail}"
+        raise CheckpointError(f"{path}: not a wsi-ats checkpoint ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a wsi-ats checkpoint (no '{FORMAT}' format tag)")
+        raise CheckpointError(
+            f"{path}: not a wsi-ats checkpoint (a torch file without the '{FORMAT}' tag; `wsi-ats train` writes RUN/model.pt)"
+        )
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
@@ -80,3 +93,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None) 
     model.metadata = dict(payload.get("metadata") or {})
     model.microns = {str(k): float(v) for k, v in (payload.get("microns") or {}).items()}
     return model.to(select_device(device)).eval()
+
+
+def _first_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (some loaders raise with an empty or many-line message)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__

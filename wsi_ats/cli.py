@@ -10,8 +10,9 @@ import argparse
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from wsi_ats.exit_codes import EXIT_OK, EXIT_USAGE
 
@@ -32,11 +33,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def synth_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `wsi_ats.synth.make_cohort` keywords that ``wsi-ats synth``'s options stand for (the demo's cohort is one)."""
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    return {"n": args.n, "size": args.size, "formats": formats, "seed": args.seed, "n_blobs": args.n_blobs, "mpp": args.mpp,
+            "zarr_version": args.zarr_version}  # fmt: skip
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from wsi_ats.synth import make_cohort
 
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    manifest = make_cohort(args.out, n=args.n, size=args.size, formats=formats, seed=args.seed)
+    try:
+        manifest = make_cohort(args.out, **synth_options(args), workers=args.workers)
+    except ValueError as err:  # an unknown format, too small a slide for its blobs
+        print(f"wsi-ats synth: {err}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"cohort written: {manifest}")
     return EXIT_OK
 
@@ -53,6 +64,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         truth=args.truth,
         root=args.root,
+        cache=args.cache,
+        resume=args.resume,
+        skip_unreadable=args.skip_unreadable,
     )
 
 
@@ -73,6 +87,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         mpp=args.mpp,
         cache=args.cache,
+        timeout=args.timeout,
         save_features=args.save_features,
     )
 
@@ -127,10 +142,27 @@ def _bench_runner(root: Path | None) -> Path | None:
     return None
 
 
+def _positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` above zero (argparse turns the ValueError into a usage error, exit 2)."""
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0 or value == float("inf"):
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"  # argparse's message: "invalid positive int value: '0'"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree; kept apart from `main` so tests and docs can inspect it."""
+    from wsi_ats import __version__
+    from wsi_ats.cluster import CONNECT_TIMEOUT
+
     p = argparse.ArgumentParser(prog="wsi-ats", description="Attention sampling on whole-slide images.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("--version", action="version", version=f"wsi-ats {__version__}", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="`wsi-ats COMMAND --help` lists its options")
 
     s = sub.add_parser("info", help="levels, tiles, mpp and vendor of a slide")
     s.add_argument("slide", help="slide file, OME-Zarr/zarr directory or URL")
@@ -138,11 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_info)
 
     s = sub.add_parser("synth", help="write a synthetic labelled cohort and its manifest.csv")
-    s.add_argument("out", type=Path)
-    s.add_argument("--n", type=int, default=12, help="number of slides (default 12)")
-    s.add_argument("--size", type=int, default=8192, help="level-0 edge in pixels (default 8192)")
-    s.add_argument("--format", default="tiff,zarr", help="comma-separated: tiff, zarr (default both)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("out", type=Path, help="folder to write slides/, annotations/ and manifest.csv into")
+    s.add_argument("--n", type=_positive(int), default=12, help="number of slides, half positive (default 12)")
+    s.add_argument("--size", type=_positive(int), default=8192, help="level-0 edge in pixels, rounded up to 256 (default 8192)")
+    s.add_argument("--format", default="tiff,zarr", help="comma-separated: tiff, zarr (default both, alternating per label pair)")
+    s.add_argument("--seed", type=int, default=0, help="seed of every slide and of the splits (default 0)")
+    s.add_argument("--n-blobs", type=_positive(int), default=3,
+                   help="lesions (positive slides) or mimics (negative) per slide (default 3; the demo uses 12)")
+    s.add_argument("--mpp", type=_positive(float), default=0.25, help="level-0 micrometres per pixel the files state (default 0.25)")
+    s.add_argument("--zarr-version", choices=("0.4", "0.5"), default="0.5", help="OME-NGFF version of the zarr slides (default 0.5)")
+    s.add_argument("--workers", type=_positive(int), default=None,
+                   help="processes writing slides (default one per CPU; the files do not depend on it)")
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("manifest", help="list the slides under a folder, label them, split them per case: a manifest")
@@ -163,13 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strict", action="store_true", help="fail (exit 2) when a slide gets no label instead of skipping it")
     s.set_defaults(func=_cmd_manifest)
 
-    s = sub.add_parser("train", help="train an ATS model; writes RUN/model.pt and RUN/metrics.json")
-    s.add_argument("--manifest", required=True, type=Path)
+    s = sub.add_parser("train", help="train an ATS model; writes RUN/model.pt, RUN/last.pt and RUN/metrics.json")
+    s.add_argument("--manifest", required=True, type=Path, help="CSV slide_id,path,label[,split][,case_id][,mpp]")
     s.add_argument("--config", required=True, help="a recipe: a TOML file, or the name of a shipped one (synthetic_wsi)")
     s.add_argument("--root", default=None, help="resolve the manifest's relative paths against ROOT (a folder or URL)")
-    s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    s.add_argument("--out", required=True, type=Path, help="run folder RUN (a new one, or an earlier run's with --resume)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the initial weights, splits and sampling (default 0)")
+    s.add_argument("--epochs", type=_positive(int), default=None, help="override the recipe's epochs")
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     s.add_argument(
         "--truth",
@@ -178,27 +216,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of <slide_id>.geojson ground-truth annotations: metrics say where the attention goes "
         "(default: annotations/ beside the manifest, as wsi-ats synth writes)",
     )
+    s.add_argument("--cache", type=Path, default=None, help="folder keeping resampled levels of slides between runs")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last.pt (same recipe, seed and slides; --epochs may grow)")
+    s.add_argument("--skip-unreadable", action="store_true",
+                   help="train without the slides that cannot be opened or read (listed in metrics.json) instead of refusing")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("predict", help="batch inference over slides, directories or a manifest")
     s.add_argument("--model", required=True, type=Path, help="RUN/model.pt from `wsi-ats train`")
     s.add_argument("slides", nargs="*", help="slide files or directories (searched recursively)")
-    s.add_argument("--manifest", type=Path, default=None)
+    s.add_argument("--manifest", type=Path, default=None,
+                   help="CSV slide_id,path[,label][,mpp]...; with labels, accuracy and a confusion table end the run")
     s.add_argument("--root", default=None, help="resolve the manifest's relative paths against ROOT (a folder or URL)")
-    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path, help="folder for predictions.csv and one folder per slide")
     s.add_argument(
         "--scheduler",
         default="local",
         help="local (a LocalCluster on this machine), threads (in-process), or a scheduler address/file",
     )
-    s.add_argument("--workers", type=int, default=None, help="worker processes for --scheduler local")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=_positive(int), default=None, help="worker processes for --scheduler local")
+    s.add_argument("--timeout", type=_positive(float), default=CONNECT_TIMEOUT,
+                   help=f"seconds a --scheduler address or file has to answer (default {CONNECT_TIMEOUT:g})")
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampling; each slide's is derived from it and its id (default 0)")
     s.add_argument("--topk", action="store_true", help="deterministic top-k patches instead of sampling")
-    s.add_argument("--draws", type=int, default=1, help="average the prediction over K Monte-Carlo draws")
-    s.add_argument("--device", default=None)
+    s.add_argument("--draws", type=_positive(int), default=1, help="average the prediction over K Monte-Carlo draws")
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     s.add_argument(
         "--mpp",
-        type=float,
+        type=_positive(float),
         default=None,
         help="level-0 micrometres per pixel of slides whose manifest row gives none (overrides their files)",
     )
@@ -218,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_dense)
 
     s = sub.add_parser("demo", help="synth + train + predict end to end on the built-in synthetic cohort")
-    s.add_argument("--out", type=Path, default=Path("demo-output"))
+    s.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for cohort/, run/ and predictions/ (default demo-output)")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("bench", help="run the benchmarks of a source checkout; JSON + markdown into benchmarks/results")

@@ -23,12 +23,21 @@ built this way:
   cluster, the scheduler's own setting otherwise), then gives up with ``KilledWorker``,
   which the slide's row reports (`killed_worker_error`). A retried slide gives the same
   result: its seed comes from its id.
+- A scheduler that does not answer is an error within ``timeout`` seconds (`CONNECT_TIMEOUT`),
+  not distributed's 30; a scheduler file is read here, so an empty or foreign one is one line.
+- Local workers exit quietly: each freezes its heap at exit (`dask_setup`), so the
+  interpreter's final collections skip the model and the imported libraries. Without it
+  a worker on a busy machine took more than the 4 s its nanny waits, and every run ended
+  with "Worker process still alive after 4.0 seconds, killing".
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 import itertools
+import json
 import os
 import re
 import sys
@@ -47,6 +56,8 @@ RETRIES = 2
 GPU = "GPU"
 #: Memory budget of one local worker process (torch, the model, one slide's buffers).
 GIB_PER_WORKER = 2.0
+#: Seconds a running scheduler (an address or a scheduler file) has to answer.
+CONNECT_TIMEOUT = 10.0
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "DASK_NUM_WORKERS")
 _HOST_PORT = re.compile(r"^[\w.\-]+:\d+$|^\[[0-9a-fA-F:]+\]:\d+$")
 
@@ -107,7 +118,7 @@ def local_layout(workers: int | None = None, *, cores: int | None = None, memory
     return Layout(workers, max(1, cores // workers))
 
 
-def local_cluster(workers: int | None = None, *, retries: int = RETRIES, cuda: bool = False) -> "LocalCluster":
+def local_cluster(workers: int | None = None, *, retries: int = RETRIES, cuda: bool = False) -> LocalCluster:
     """A `LocalCluster` of worker processes (behind nannies, which restart a dead worker) laid out by
     `local_layout`, its dashboard on port 8787 (or a free one)."""
     from distributed import LocalCluster
@@ -119,7 +130,41 @@ def local_cluster(workers: int | None = None, *, retries: int = RETRIES, cuda: b
         processes=True,
         env={name: str(layout.torch_threads) for name in _THREAD_VARIABLES},
         scheduler_kwargs={"allowed_failures": retries},
+        preload=[__name__],  # each worker process runs `dask_setup`, restarted ones too
     )
+
+
+def dask_setup(worker: Any) -> None:
+    """Run by every local worker process as it starts (a distributed preload): freeze the heap at exit.
+
+    `gc.freeze` moves every live object out of the collector's reach, so the interpreter's
+    final collections, which walked torch's and the model's hundreds of thousands of objects
+    for seconds, have nothing to walk: the process exits well within its nanny's grace period.
+    """
+    atexit.unregister(gc.freeze)  # once per process, however often the worker is set up
+    atexit.register(gc.freeze)
+
+
+def scheduler_address(path: str) -> str:
+    """The address in a scheduler file (``dask scheduler --scheduler-file FILE`` writes it); `SchedulerError` otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SchedulerError(f"--scheduler {path}: cannot read the scheduler file: {err}") from None
+    if not text.strip():
+        raise SchedulerError(
+            f"--scheduler {path}: the scheduler file is empty (is the scheduler still starting? "
+            "`dask scheduler --scheduler-file FILE` writes it once it listens)"
+        )
+    try:
+        info = json.loads(text)
+    except ValueError as err:
+        raise SchedulerError(f"--scheduler {path}: not a scheduler file (not JSON: {err})") from None
+    address = info.get("address") if isinstance(info, dict) else None
+    if not isinstance(address, str) or not address:
+        raise SchedulerError(f"--scheduler {path}: not a scheduler file (no \"address\"; `dask scheduler --scheduler-file FILE` writes one)")
+    return address
 
 
 @contextlib.contextmanager
@@ -129,31 +174,55 @@ def session(
     *,
     device: str | None = None,
     retries: int = RETRIES,
+    timeout: float = CONNECT_TIMEOUT,
     say: Callable[[str], None] = lambda text: print(text, file=sys.stderr),
-) -> Iterator["Client | None"]:
+) -> Iterator[Client | None]:
     """A client for ``scheduler`` (None for `THREADS`), closed on exit with any cluster it started.
 
-    ``say`` receives one line naming the cluster, its workers and its dashboard link.
+    A running scheduler (address or file) that does not answer within ``timeout`` seconds is
+    a `SchedulerError`. ``say`` receives one line naming the cluster, its workers and its
+    dashboard link.
     """
     kind = scheduler_kind(scheduler, workers)
+    if not timeout > 0:
+        raise SchedulerError(f"--timeout must be a positive number of seconds, got {timeout}")
     if kind == THREADS:
         yield None
         return
+    address = scheduler_address(scheduler) if kind == SCHEDULER_FILE else scheduler
     from distributed import Client
 
     with contextlib.ExitStack() as stack:
-        try:
-            if kind == LOCAL:
+        if kind == LOCAL:
+            try:
                 cluster = stack.enter_context(local_cluster(workers, retries=retries, cuda=_wants_cuda(device)))
                 client = stack.enter_context(Client(cluster))
-            elif kind == SCHEDULER_FILE:
-                client = stack.enter_context(Client(scheduler_file=scheduler))
-            else:
-                client = stack.enter_context(Client(scheduler))
-        except OSError as err:  # unreachable scheduler, unreadable file, no free port
-            raise SchedulerError(f"--scheduler {scheduler}: cannot connect: {err}") from None
+            except OSError as err:  # no free port, no room for the workers' folders
+                raise SchedulerError(f"--scheduler local: cannot start a cluster on this machine: {_first_line(err)}") from None
+        else:
+            where = scheduler if address == scheduler else f"{scheduler} (address {address})"
+            client = stack.enter_context(_connect(address, where, timeout))
         say(describe(client))
         yield client
+
+
+def _connect(address: str, where: str, timeout: float) -> Client:
+    """A client of the scheduler at ``address``; `SchedulerError` when none answers within ``timeout`` s."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=timeout)
+    except OSError as err:  # nothing listening, no such host, no route (a TimeoutError is an OSError)
+        detail = "" if str(err).startswith("Timed out") else f" ({_first_line(err)})"
+        raise SchedulerError(
+            f"--scheduler {where}: no dask scheduler answered within {timeout:g} s{detail}; "
+            "is it running at that address? (--timeout waits longer)"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - something else answered: a web server, the dashboard's port
+        raise SchedulerError(
+            f"--scheduler {where}: what answers there is not a dask scheduler ({type(err).__name__}); "
+            "a scheduler listens on port 8786 by default, its dashboard on 8787"
+        ) from None
 
 
 def _wants_cuda(device: str | None) -> bool:
@@ -164,11 +233,11 @@ def _wants_cuda(device: str | None) -> bool:
     return torch.cuda.is_available()
 
 
-def _workers(client: "Client") -> list[dict[str, Any]]:
+def _workers(client: Client) -> list[dict[str, Any]]:
     return list(client.scheduler_info(n_workers=-1)["workers"].values())
 
 
-def describe(client: "Client") -> str:
+def describe(client: Client) -> str:
     """One line: the scheduler, its workers, whether slides ask for GPUs, and the dashboard link."""
     info = client.scheduler_info(n_workers=-1)
     workers = list(info["workers"].values())
@@ -181,12 +250,12 @@ def describe(client: "Client") -> str:
     return f"{where}; the scheduler serves no dashboard"
 
 
-def gpu_request(client: "Client") -> dict[str, float] | None:
+def gpu_request(client: Client) -> dict[str, float] | None:
     """``{"GPU": 1}`` when any worker advertises a GPU resource, else None (any worker will do)."""
     return {GPU: 1} if any(w.get("resources", {}).get(GPU, 0) >= 1 for w in _workers(client)) else None
 
 
-def slots(client: "Client", resources: dict[str, float] | None = None) -> int:
+def slots(client: Client, resources: dict[str, float] | None = None) -> int:
     """Tasks the cluster runs at once: its GPUs when tasks ask for one, else its worker threads (at least 1)."""
     if resources:
         return max(1, int(sum(w.get("resources", {}).get(GPU, 0) for w in _workers(client))))
@@ -194,8 +263,8 @@ def slots(client: "Client", resources: dict[str, float] | None = None) -> int:
 
 
 def map_completed(
-    client: "Client", fn: Callable[..., Any], jobs: Sequence[tuple[str, tuple]], *, name: str, **kwargs: Any
-) -> Iterator[tuple[int, "Future"]]:
+    client: Client, fn: Callable[..., Any], jobs: Sequence[tuple[str, tuple]], *, name: str, **kwargs: Any
+) -> Iterator[tuple[int, Future]]:
     """Run ``fn(*args, **kwargs)`` for each ``(label, args)`` job; yield ``(index, future)`` as each finishes.
 
     At most `slots` jobs are in flight; the next is submitted before a finished one is
@@ -223,10 +292,15 @@ def map_completed(
         yield index, future
 
 
-def killed_worker_error(err: "KilledWorker") -> str:
+def killed_worker_error(err: KilledWorker) -> str:
     """A row's error for a slide that crashed every worker it ran on."""
     last = getattr(err.last_worker, "address", err.last_worker)
     return (
         f"KilledWorker: slide crashed its worker {err.allowed_failures + 1} times "
         f"(last {last}); its log says why"
     )
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

@@ -23,6 +23,13 @@ RECIPE = recipes.path("synthetic_wsi")
 DEMO_COHORT = {"n": 16, "size": 4096, "formats": ("tiff", "zarr"), "seed": 0, "n_blobs": 12}
 
 
+def synth_command(out: str | Path) -> list[str]:
+    """The ``wsi-ats synth`` command line that writes the demo's cohort into ``out`` (the demo prints it)."""
+    c = DEMO_COHORT
+    return ["wsi-ats", "synth", str(out), "--n", str(c["n"]), "--size", str(c["size"]), "--format", ",".join(c["formats"]),
+            "--seed", str(c["seed"]), "--n-blobs", str(c["n_blobs"])]  # fmt: skip
+
+
 def _step(title: str) -> float:
     print(f"\n== {title}", flush=True)
     return time.perf_counter()
@@ -33,6 +40,7 @@ def run_demo(out: str | Path = "demo-output") -> int:
     from wsi_ats.evaluate import truth_boxes
     from wsi_ats.info import describe, format_description
     from wsi_ats.pipeline import Pipeline
+    from wsi_ats.summary import report_labels
     from wsi_ats.synth import make_cohort
     from wsi_ats.train import train
 
@@ -41,6 +49,7 @@ def run_demo(out: str | Path = "demo-output") -> int:
     t_all = time.perf_counter()
 
     t = _step(f"1/4 synthetic cohort -> {cohort}")
+    print("the same cohort from the command line: " + " ".join(synth_command(cohort)))
     manifest = cohort / "manifest.csv"
     if not manifest.exists():
         manifest = make_cohort(cohort, **DEMO_COHORT)
@@ -56,9 +65,9 @@ def run_demo(out: str | Path = "demo-output") -> int:
             print(format_description(describe(row.path)))
 
     t = _step(f"3/4 train {RECIPE.name} -> {run_dir}")
-    if not (run_dir / "model.pt").exists():
+    if not (run_dir / "metrics.json").exists():
         truth = truth_boxes(cohort / "annotations", [r.slide_id for r in rows])
-        metrics = train(rows, RECIPE, run_dir, seed=0, truth=truth)
+        metrics = train(rows, RECIPE, run_dir, seed=0, truth=truth, resume=True)  # an interrupted demo goes on
     else:
         import json
 
@@ -69,10 +78,9 @@ def run_demo(out: str | Path = "demo-output") -> int:
     t = _step(f"4/4 predict held-out slides -> {pred_dir}")
     held_out = [r for r in rows if r.split == "test"] or rows
     results = Pipeline(run_dir / "model.pt", seed=0).run_many(held_out, pred_dir)
-    labels = {r.slide_id: r.label for r in held_out}
     ok = [r for r in results if r["status"] == "ok"]
-    correct = sum(r["prediction"] == labels[r["slide_id"]] for r in ok)
-    print(f"{len(ok)}/{len(results)} slides ok, {correct}/{len(ok)} correct ({time.perf_counter() - t:.1f} s)")
+    print(f"{len(ok)}/{len(results)} slides ok ({time.perf_counter() - t:.1f} s)")
+    report_labels({r.slide_id: r.label for r in held_out}, results, pred_dir)
     with (pred_dir / "predictions.csv").open() as f:
         first = next((r["slide_id"] for r in csv.DictReader(f) if r["status"] == "ok"), None)
     if first:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wsi_ats.discover import SlideSource, default_slide_id, discover
+from wsi_ats.discover import SlideIdConflict, SlideSource, Taken, default_slide_id, discover
 from wsi_ats.manifest import ManifestRow
 from wsi_ats.outputs import (
     OK,
@@ -34,14 +34,17 @@ from wsi_ats.outputs import (
     Row,
     complete,
     error_row,
+    folder_name,
+    merge_rows,
     ok_row,
+    printable,
     read_predictions,
-    remove_stale_temps,
     slide_files,
     slide_folder_complete,
     write_predictions,
     write_slide_folder,
 )
+from wsi_ats.outputs.outdir import claim_output_folder, describe_os_error
 from wsi_ats.result import SlideResult
 
 if TYPE_CHECKING:
@@ -63,7 +66,7 @@ class NoSlidesError(ValueError):
 
 def slide_seed(seed: int, slide_id: str) -> int:
     """The seed of one slide: 32 bits of SHA-256 of ``(seed, slide_id)``, stable across runs and machines."""
-    digest = hashlib.sha256(f"{int(seed)}\0{slide_id}".encode()).digest()
+    digest = hashlib.sha256(f"{int(seed)}\0{slide_id}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:4], "little")
 
 
@@ -211,46 +214,64 @@ class Pipeline:
 
         Folders are searched recursively (`wsi_ats.discover`). Slides whose row in an
         existing ``predictions.csv`` is ok, for the same path, with all files present
-        are skipped and their files left untouched; the others are (re)done. With a
+        are skipped and their files left untouched; the others are (re)done; rows of other
+        slides stay. Each slide's files go to ``out_dir / folder_name(slide_id)``. With a
         ``dask.distributed`` ``client`` each slide is one task, written as it completes.
         ``verbose`` prints notes, a progress bar and a summary.
+
+        ``out_dir`` is locked for the run: `OutputError` when another run holds it, or
+        it cannot be created, written or read; `SlideIdConflict` when a manifest id names
+        another file's result there. Both before any slide is predicted.
         """
         sources = [sources] if isinstance(sources, (str, os.PathLike, ManifestRow)) else list(sources)
-        found = discover(sources)
         say = functools.partial(print, file=sys.stderr) if verbose else (lambda *_: None)
-        for note in found.notes:
-            say(f"note: {note}")
-        if not found.slides:
-            raise NoSlidesError(f"no slides found in {', '.join(map(str, sources))}")
+        with claim_output_folder(out_dir) as out:
+            csv_path = out / PREDICTIONS_CSV
+            previous = {r["slide_id"]: r for r in _read_rows(csv_path)}
+            try:
+                found = discover(sources, {sid: Taken(r["path"], r["status"] == OK) for sid, r in previous.items()})
+            except SlideIdConflict as err:
+                raise SlideIdConflict(f"{csv_path}: {err}") from None
+            for note in found.notes:
+                say(f"note: {printable(note)}")
+            if not found.slides:
+                raise NoSlidesError(f"no slides found in {', '.join(map(str, sources))}")
+            result, skipped = self._run_locked(found.slides, out, previous, client, verbose)
+        if verbose:
+            self._summary(result, skipped, csv_path)
+        return result
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(out)
+    def _run_locked(
+        self, slides: tuple[SlideSource, ...], out: Path, previous: dict[str, Row], client: Any, verbose: bool
+    ) -> tuple[list[Row], int]:
+        """Predict the slides not done yet into ``out`` (held by this run); all rows, and how many were done before."""
         csv_path = out / PREDICTIONS_CSV
-        previous = {r["slide_id"]: r for r in read_predictions(csv_path)}
-        ids = [s.slide_id for s in found.slides]
+        ids = [s.slide_id for s in slides]
         rows = {sid: previous[sid] for sid in ids if sid in previous}  # kept until replaced
-        others = [r for sid, r in previous.items() if sid not in rows]  # earlier runs' slides stay listed
-        todo = [s for s in found.slides if not self._done(previous.get(s.slide_id), s, out)]
-
+        todo = [s for s in slides if not self._done(previous.get(s.slide_id), s, out)]
         last_end, last_cost = 0.0, 0.0
 
         def flush(force: bool = False) -> None:
             # After every slide while that is cheap; once the CSV is so long that rewriting it
             # costs more than 1/FLUSH_RATIO of the time since the last rewrite, less often
-            # (a row not yet written only means that slide is redone after a crash).
+            # (a row not yet written only means that slide is redone after a crash). Rows
+            # that are on disk now and not this run's stay, whoever wrote them.
             nonlocal last_end, last_cost
             start = time.perf_counter()
             if force or start - last_end >= FLUSH_RATIO * last_cost:
-                write_predictions(csv_path, [rows[sid] for sid in ids if sid in rows] + others)
+                ours = [rows[sid] for sid in ids if sid in rows]
+                try:
+                    write_predictions(csv_path, merge_rows(ours, _read_rows(csv_path)))
+                except OSError as err:
+                    raise describe_os_error(csv_path, err, "write the predictions") from None
                 last_end = time.perf_counter()
                 last_cost = last_end - start
 
-        flush(force=True)
-        from tqdm import tqdm
+        flush(force=True)  # before any work: an OUT that cannot take the CSV fails now
+        from wsi_ats.progress import progress_bar
 
         failed = 0
-        with tqdm(total=len(todo), unit="slide", desc="predict", disable=not verbose or not todo) as bar:
+        with progress_bar(total=len(todo), unit="slide", desc="predict", enabled=verbose and bool(todo)) as bar:
             try:
                 for outcome in self._outcomes(todo, client):
                     row = self._write(outcome, out)
@@ -261,11 +282,7 @@ class Pipeline:
                     bar.update()
             finally:
                 flush(force=True)  # also on Ctrl-C: keep every finished slide
-
-        result = complete([rows[sid] for sid in ids])
-        if verbose:
-            self._summary(result, len(found.slides) - len(todo), csv_path)
-        return result
+        return complete([rows[sid] for sid in ids]), len(slides) - len(todo)
 
     # -- batch plumbing ----------------------------------------------------------
     @staticmethod
@@ -274,7 +291,7 @@ class Pipeline:
             previous is not None
             and previous["status"] == OK
             and previous["path"] == source.path
-            and slide_folder_complete(out / source.slide_id)
+            and slide_folder_complete(out / folder_name(source.slide_id))
         )
 
     def _outcomes(self, todo: list[SlideSource], client: Any) -> Iterator[SlideOutcome]:
@@ -307,7 +324,7 @@ class Pipeline:
         if outcome.error is None:
             assert outcome.result is not None
             try:
-                write_slide_folder(out / outcome.slide_id, outcome.files)
+                write_slide_folder(out / folder_name(outcome.slide_id), outcome.files)
                 return ok_row(outcome.result, outcome.path, outcome.seconds)
             except OSError as err:
                 return error_row(outcome.slide_id, outcome.path, describe_error(err, outcome.path), outcome.seconds)
@@ -317,8 +334,16 @@ class Pipeline:
     def _summary(rows: list[Row], skipped: int, csv_path: Path) -> None:
         bad = [r for r in rows if r["status"] != OK]
         print(
-            f"{len(rows)} slides: {len(rows) - len(bad)} ok ({skipped} already done), {len(bad)} failed "
-            f"-> {csv_path}"
+            printable(f"{len(rows)} slides: {len(rows) - len(bad)} ok ({skipped} already done), {len(bad)} failed -> {csv_path}")
         )
         for r in bad:
-            print(f"  failed {r['slide_id']}: {r['error']}")
+            print(printable(f"  failed {r['slide_id']}: {r['error']}"))
+
+
+def _read_rows(csv_path: Path) -> list[Row]:
+    """The rows in ``csv_path`` now; an OUT whose CSV cannot be read is an `OutputError`."""
+    try:
+        return read_predictions(csv_path)
+    except OSError as err:
+        raise describe_os_error(csv_path, err, "read the predictions") from None
+

@@ -8,9 +8,16 @@ the slide; the attention net runs on them with gradients, see `wsi_ats.engine.at
 each step is the engine's `forward_slide`, the same path as inference. Evaluation runs
 the inference path (`wsi_ats.evaluate`).
 
-Outputs in ``out_dir``: ``model.pt`` (the final model), ``last.pt`` (model, optimizer and
-history after the last finished epoch: a rerun resumes from it) and ``metrics.json``.
-Every random step derives from ``seed``: same seed, same metrics.
+Outputs in ``out_dir``: ``model.pt`` (the epoch best on the validation slides: highest
+accuracy, then lowest loss; the last epoch when there are none), ``last.pt`` (model,
+optimizer, history and the best epoch's weights after the last finished epoch: ``resume``
+continues from it) and ``metrics.json``. A folder that already holds a run is refused
+unless ``resume`` is given, so a second ``wsi-ats train`` never quietly continues, or
+overwrites, an old one. Every random step derives from ``seed``: same seed, same metrics.
+
+Every slide of the manifest (all splits) is opened, and every training slide read, before
+the first step: all unreadable ones are listed at once, or, with ``skip_unreadable``,
+left out and listed in ``metrics.json`` (``skipped_slides``).
 
 Ground truth, when given (``truth``: level-0 boxes per slide id, e.g. from
 `wsi_ats.evaluate.truth_boxes`), measures where the attention goes: see `wsi_ats.evaluate`.
@@ -19,8 +26,9 @@ Ground truth, when given (``truth``: level-0 boxes per slide id, e.g. from
 from __future__ import annotations
 
 import json
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +47,17 @@ from wsi_ats.manifest import ManifestRow, read_manifest
 from wsi_ats.manifest_build import split_by_case
 from wsi_ats.models import ATSModel, PipelineConfig, TrainConfig, load_config
 from wsi_ats.outputs.atomic import atomic_write_text
-from wsi_ats.readers import open_slide
+from wsi_ats.progress import progress_bar
+from wsi_ats.readers import Slide, open_slide
+
+#: How ``model.pt`` is chosen among the epochs, as ``metrics.json`` records it.
+SELECTION = {True: "highest val accuracy, then lowest val loss", False: "last epoch (no validation slides)"}
+TrainingCache = dict[str, tuple[Slide, Any, list[np.ndarray]]]
+
+
+class RunFolderError(ValueError):
+    """An output folder that already holds a run (without ``resume``), or one that cannot be resumed."""
+
 
 def train(
     manifest: str | Path | Sequence[ManifestRow],
@@ -53,25 +71,37 @@ def train(
     truth: Mapping[str, np.ndarray] | None = None,
     root: str | Path | None = None,
     resampled_cache: str | Path | None = None,
+    resume: bool = False,
+    skip_unreadable: bool = False,
 ) -> dict[str, Any]:
     """Train on the manifest's ``train`` split, validate each epoch, test at the end; returns the metrics written to ``metrics.json``.
 
     ``truth`` (level-0 ``(y0, x0, y1, x1)`` boxes per slide id) adds where the attention goes
     to the validation and test metrics; ``root`` resolves the manifest's relative paths
     (default: its folder); ``resampled_cache`` keeps the slides' resampled levels on disk.
+    ``resume`` continues the run in ``out_dir`` (`RunFolderError` without it when there is
+    one); ``skip_unreadable`` trains without the slides that cannot be read instead of
+    refusing them all. ``progress`` prints the epochs, notes and (on a terminal) bars.
 
-    Every training slide is opened before the first step (all unreadable ones are listed at
-    once), and the model records the microns per pixel it reads at (`training_microns`).
+    The model records the microns per pixel it reads at (`training_microns`).
     """
+    say: Callable[[str], None] = (lambda text: print(text, file=sys.stderr)) if progress else (lambda text: None)
     rows = read_manifest(manifest, root=root) if isinstance(manifest, (str, Path)) else list(manifest)
     cfg = config if isinstance(config, PipelineConfig) else load_config(config)
     epochs = cfg.train.epochs if epochs is None else int(epochs)
+    out = Path(out_dir)
+    check_run_folder(out, resume)
+    unlabelled = [r.slide_id for r in rows if not r.label]
+    if unlabelled:
+        raise ValueError(f"training needs the label of every slide; none for {', '.join(unlabelled[:10])}")
     splits = assign_splits(rows, cfg.train, seed)
     if not splits["train"]:
         raise ValueError("the manifest has no training slides")
     class_names = tuple(sorted({r.label for r in rows}))
+    splits, skipped = _drop_unreadable(splits, _open_errors(splits), skip_unreadable, say)
+    if not splits["train"]:
+        raise ValueError("no training slide can be read")
     device = select_device(device)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(seed)
@@ -79,28 +109,42 @@ def train(
     model.microns = training_microns(model, splits["train"])
     optimizer = _optimizer(model, cfg.train)
     identity = _run_identity(cfg, seed, splits)
-    history = _resume(out / "last.pt", model, optimizer, identity)
+    history, best = _resume(out / "last.pt", model, optimizer, identity)
+    if resume and history:
+        say(f"resuming {out}: {len(history)} of {epochs} epochs done")
 
-    cache: dict[str, tuple[Any, Any, list[np.ndarray]]] = {}
+    cache: TrainingCache = {}
     step_seconds: list[float] = []
     started = time.perf_counter()
     try:
+        if len(history) < epochs:
+            errors = _read_training_slides(model, splits["train"], cache, resampled_cache, progress)
+            splits, more = _drop_unreadable(splits, errors, skip_unreadable, say)
+            skipped += more
+            if not splits["train"]:
+                raise ValueError("no training slide can be read")
         for epoch in range(len(history), epochs):
             epoch_start = time.perf_counter()
-            stats = _train_epoch(model, optimizer, splits["train"], cache, resampled_cache, cfg.train, seed, epoch, epochs, progress, step_seconds)
+            stats = _train_epoch(model, optimizer, splits["train"], cache, cfg.train, seed, epoch, epochs, progress, step_seconds)
             record = {"epoch": epoch + 1, **stats}
             if splits["val"]:
                 val = evaluate(model, splits["val"], seed=seed, draws=cfg.train.eval_draws, topk=cfg.train.eval_topk, truth=truth)
                 record.update({f"val_{k}": v for k, v in val.items() if k != "slides"})
+                if best is None or _score(record) > _score(history[best["epoch"] - 1]):
+                    best = {"epoch": epoch + 1, "state_dict": _copy_state(model)}
             record["seconds"] = round(time.perf_counter() - epoch_start, 3)
             history.append(record)
             if progress:
                 tqdm.write(_epoch_line(record, epochs))
-            save_checkpoint(out / "last.pt", model, metadata=identity, training={"optimizer": optimizer.state_dict(), "history": history})
+            training = {"optimizer": optimizer.state_dict(), "history": history, **({"best": best} if best else {})}
+            save_checkpoint(out / "last.pt", model, metadata=identity, training=training)
     finally:
         for slide, _, _ in cache.values():
             slide.close()
 
+    if best is not None:
+        model.load_state_dict(best["state_dict"])
+    chosen = best["epoch"] if best is not None else len(history)
     held_out = "test" if splits["test"] else "val"
     test = {}
     if splits[held_out]:
@@ -110,7 +154,10 @@ def train(
         "seed": seed,
         "device": str(device),
         "splits": {k: [r.slide_id for r in v] for k, v in splits.items()},
+        "skipped_slides": skipped,
         "held_out_split": held_out,
+        "model_epoch": chosen,
+        "model_selection": SELECTION[best is not None],
         "epochs": history,
         "test": test,
         "seconds_per_step": round(float(np.mean(step_seconds)), 4) if step_seconds else None,
@@ -118,9 +165,26 @@ def train(
         **peak_memory(device),
         "config": cfg.to_dict(),
     }
-    save_checkpoint(out / "model.pt", model, metadata={**identity, "test": test, "epochs": len(history)})
+    save_checkpoint(out / "model.pt", model, metadata={**identity, "test": test, "epochs": len(history), "epoch": chosen})
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
+
+
+def check_run_folder(out: Path, resume: bool) -> None:
+    """Refuse a folder that holds a run unless resuming it, and one that holds a model but nothing to resume from."""
+    last, model = out / "last.pt", out / "model.pt"
+    if resume:
+        if model.exists() and not last.exists():
+            raise RunFolderError(f"{out}: holds model.pt but no last.pt to resume from; choose another --out")
+        return
+    if last.exists():
+        done = len((read_checkpoint(last).get("training") or {}).get("history") or [])
+        raise RunFolderError(
+            f"{out}: already holds a run ({done} epochs done in last.pt); pass --resume to continue it "
+            "(a larger --epochs trains on), or choose another --out"
+        )
+    if model.exists():
+        raise RunFolderError(f"{out}: already holds model.pt; choose another --out (training would replace it)")
 
 
 def assign_splits(rows: Sequence[ManifestRow], cfg: TrainConfig, seed: int) -> dict[str, list[ManifestRow]]:
@@ -174,8 +238,7 @@ def _train_epoch(
     model: ATSModel,
     optimizer: torch.optim.Optimizer,
     rows: Sequence[ManifestRow],
-    cache: dict[str, tuple[Any, Any, list[np.ndarray]]],
-    resampled_cache: str | Path | None,
+    cache: TrainingCache,
     cfg: TrainConfig,
     seed: int,
     epoch: int,
@@ -190,14 +253,10 @@ def _train_epoch(
     model.train()
     optimizer.zero_grad(set_to_none=True)
     losses, correct = [], []
-    bar = tqdm(order, desc=f"epoch {epoch + 1}/{epochs}", unit="slide", disable=not progress, leave=False)
+    bar = progress_bar(order, enabled=progress, desc=f"epoch {epoch + 1}/{epochs}", unit="slide", leave=False)
     for i, k in enumerate(bar):
         row = rows[k]
-        if row.slide_id not in cache:
-            slide = open_slide(row.path, mpp=row.mpp)
-            plan = plan_slide(model, slide, cache=resampled_cache)
-            cache[row.slide_id] = (slide, plan, list(read_windows(plan)))
-        slide, plan, windows = cache[row.slide_id]
+        _, plan, windows = cache[row.slide_id]
         start = time.perf_counter()
         target = torch.tensor([index[row.label]], device=device)
         with autocast(device, cfg.amp):
@@ -214,6 +273,64 @@ def _train_epoch(
         correct.append(int(logits.argmax(dim=1)) == index[row.label])
         bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{np.mean(correct):.2f}")
     return {"loss": float(np.mean(losses)), "accuracy": float(np.mean(correct))}
+
+
+def _open_errors(splits: Mapping[str, Sequence[ManifestRow]]) -> dict[str, str]:
+    """Slide id -> why it cannot be opened, for every slide of every split (all found before any training)."""
+    errors = {}
+    for row in (r for part in splits.values() for r in part):
+        try:
+            with open_slide(row.path, mpp=row.mpp):
+                pass
+        except Exception as err:  # noqa: BLE001 - any failure makes the slide unusable; all are listed
+            errors[row.slide_id] = _one_line(err)
+    return errors
+
+
+def _read_training_slides(
+    model: ATSModel, rows: Sequence[ManifestRow], cache: TrainingCache, resampled_cache: str | Path | None, progress: bool
+) -> dict[str, str]:
+    """Plan every training slide and read its tissue windows into ``cache`` (once for the run); slide id -> error for the rest."""
+    errors = {}
+    for row in progress_bar(rows, enabled=progress, desc="reading training slides", unit="slide", leave=False):
+        slide = None
+        try:
+            slide = open_slide(row.path, mpp=row.mpp)
+            plan = plan_slide(model, slide, cache=resampled_cache)
+            cache[row.slide_id] = (slide, plan, list(read_windows(plan)))
+        except Exception as err:  # noqa: BLE001 - a slide that opens but cannot be read: listed like the others
+            errors[row.slide_id] = _one_line(err)
+            if slide is not None:
+                slide.close()
+    return errors
+
+
+def _drop_unreadable(
+    splits: dict[str, list[ManifestRow]], errors: Mapping[str, str], skip: bool, say: Callable[[str], None]
+) -> tuple[dict[str, list[ManifestRow]], list[dict[str, str]]]:
+    """``splits`` without the slides in ``errors`` and what was dropped; without ``skip``, a ValueError listing them all."""
+    bad = [{"slide_id": r.slide_id, "path": r.path, "split": name, "error": errors[r.slide_id]}
+           for name, part in splits.items() for r in part if r.slide_id in errors]  # fmt: skip
+    if not bad:
+        return splits, []
+    listing = "\n  ".join(f"{b['slide_id']} ({b['split']}, {b['path']}): {b['error']}" for b in bad)
+    if not skip:
+        raise ValueError(f"{len(bad)} slide(s) cannot be read; fix or remove them, or pass --skip-unreadable:\n  {listing}")
+    say(f"skipping {len(bad)} unreadable slide(s) (listed in metrics.json):\n  {listing}")
+    return {name: [r for r in part if r.slide_id not in errors] for name, part in splits.items()}, bad
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def _score(record: Mapping[str, Any]) -> tuple[float, float]:
+    """How good an epoch is on the validation slides: higher is better (accuracy, then lower loss)."""
+    return record["val_accuracy"], -record["val_loss"]
+
+
+def _copy_state(model: ATSModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
@@ -255,15 +372,16 @@ def _run_identity(cfg: PipelineConfig, seed: int, splits: dict[str, list[Manifes
     return {"recipe": recipe, "seed": seed, "train_slides": [r.slide_id for r in splits["train"]]}
 
 
-def _resume(path: Path, model: ATSModel, optimizer: torch.optim.Optimizer, identity: dict[str, Any]) -> list[dict[str, Any]]:
-    """Load ``last.pt`` when it exists; returns the history of the epochs already done."""
+def _resume(
+    path: Path, model: ATSModel, optimizer: torch.optim.Optimizer, identity: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Load ``last.pt`` when it exists; returns the history of the epochs already done and the best one so far (or None)."""
     if not path.exists():
-        return []
+        return [], None
     payload = read_checkpoint(path)
     meta = payload.get("metadata") or {}
     if {k: meta.get(k) for k in identity} != identity:
-        raise ValueError(f"{path}: belongs to a different run (recipe, seed or training slides differ); use a new output folder")
+        raise RunFolderError(f"{path}: belongs to a different run (recipe, seed or training slides differ); use a new output folder")
     model.load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["training"]["optimizer"])
-    return list(payload["training"]["history"])
-
+    return list(payload["training"]["history"]), payload["training"].get("best")

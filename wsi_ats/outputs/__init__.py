@@ -3,6 +3,8 @@
 - `atomic`: write-then-rename, the one way wsi-ats writes a file.
 - `csvrows`: the rows of ``predictions.csv``.
 - `heatmap`: ``attention.png``; `geojson`: ``patches.geojson``; `folder`: the per-slide folder.
+- `names`: a slide id as a folder name (never a path) and as text to show.
+- `outdir`: ``OUT`` itself: created, locked for one run at a time, its failures one line each.
 """
 
 from wsi_ats.outputs.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_writer, remove_stale_temps
@@ -14,6 +16,7 @@ from wsi_ats.outputs.csvrows import (
     Row,
     complete,
     error_row,
+    merge_rows,
     ok_row,
     read_predictions,
     write_predictions,
@@ -21,6 +24,8 @@ from wsi_ats.outputs.csvrows import (
 from wsi_ats.outputs.folder import SLIDE_FILES, slide_files, slide_folder_complete, write_slide_folder
 from wsi_ats.outputs.geojson import patches_geojson
 from wsi_ats.outputs.heatmap import render_heatmap_png
+from wsi_ats.outputs.names import folder_name, printable
+from wsi_ats.outputs.outdir import OutputError, claim_output_folder
 
 __all__ = [
     "ERROR",
@@ -28,15 +33,20 @@ __all__ = [
     "PREDICTIONS_CSV",
     "SLIDE_FILES",
     "TIMING_COLUMNS",
+    "OutputError",
     "Row",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
     "atomic_writer",
+    "claim_output_folder",
     "complete",
     "error_row",
+    "folder_name",
+    "merge_rows",
     "ok_row",
     "patches_geojson",
+    "printable",
     "read_predictions",
     "remove_stale_temps",
     "render_heatmap_png",

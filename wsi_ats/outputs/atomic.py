@@ -38,30 +38,34 @@ def _temp_name(target: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+def atomic_writer(path: str | os.PathLike[str], *, durable: bool = True) -> Iterator[IO[bytes]]:
     """A binary file to stream into; it replaces ``path`` when the block ends, and vanishes if the block raises.
 
     For writers that want a file object (``torch.save``, ``tifffile.TiffWriter``); the
-    folder must exist.
+    folder must exist. ``durable=False`` skips the fsyncs (milliseconds each): for caches
+    of many small files, which a reader checks and makes again when a crash of the machine
+    lost one -- a killed process still leaves the old file or the new one, never half.
     """
     path = Path(path)
     tmp = path.parent / _temp_name(path.name)
     try:
         with open(tmp, "xb") as f:  # like any open(): mode 0o666 less the umask; "x": never someone else's file
             yield f
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` with ``data`` in one step."""
-    with atomic_writer(path) as f:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` in one step (``durable``: as `atomic_writer`)."""
+    with atomic_writer(path, durable=durable) as f:
         f.write(data)
 
 

@@ -4,7 +4,9 @@ Rows are plain dicts (no pandas): string columns hold ``""`` when empty, numeric
 columns a number or ``None``. Numbers are written so that they read back exactly
 (``repr`` of the float), except ``seconds``, which is a timing and gets milliseconds.
 The ``prob_<class>`` columns come from the rows themselves, so a file that mixes
-models still has one column per class ever seen.
+models still has one column per class ever seen. The file is UTF-8; a path that is not
+(a file name in another encoding) is written as its bytes and reads back as the same
+path (``surrogateescape``), so such a slide resumes like any other.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from wsi_ats.outputs.atomic import atomic_write_text
+from wsi_ats.outputs.atomic import atomic_write_bytes
 from wsi_ats.result import SlideResult
 
 PREDICTIONS_CSV = "predictions.csv"
@@ -25,6 +27,8 @@ TAIL_COLUMNS = ("seconds", "patches_fetched")
 TIMING_COLUMNS = ("seconds",)
 PROB_PREFIX = "prob_"
 OK, ERROR = "ok", "error"
+#: Paths that are not UTF-8 round-trip as their bytes.
+_ENCODING_ERRORS = "surrogateescape"
 
 Row = dict[str, Any]
 
@@ -104,7 +108,16 @@ def format_predictions(rows: list[Row]) -> str:
 
 def write_predictions(path: str | os.PathLike[str], rows: list[Row]) -> None:
     """Replace the CSV at ``path`` with ``rows`` in one atomic step."""
-    atomic_write_text(path, format_predictions(rows))
+    atomic_write_bytes(path, format_predictions(rows).encode("utf-8", _ENCODING_ERRORS))
+
+
+def merge_rows(ours: list[Row], on_disk: list[Row]) -> list[Row]:
+    """``ours``, then every row of ``on_disk`` (the CSV as it is now) for a slide not among ours, in its order.
+
+    A rewrite built this way never drops a row another writer added since the file was read.
+    """
+    mine = {r["slide_id"] for r in ours}
+    return [*ours, *(r for r in on_disk if r["slide_id"] not in mine)]
 
 
 def read_predictions(path: str | os.PathLike[str]) -> list[Row]:
@@ -112,7 +125,7 @@ def read_predictions(path: str | os.PathLike[str]) -> list[Row]:
     path = Path(path)
     if not path.exists():
         return []
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8", errors=_ENCODING_ERRORS) as f:
         reader = csv.DictReader(f)
         missing = [c for c in HEAD_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:

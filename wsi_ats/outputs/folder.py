@@ -1,9 +1,9 @@
-"""The per-slide output folder ``OUT/<slide_id>/``: which files, their bytes, and whether it is complete.
+"""The per-slide output folder ``OUT/<folder_name(slide_id)>/``: which files, their bytes, and whether it is complete.
 
 Rendering (`slide_files`) is pure and returns bytes, so it can run wherever the
 prediction ran; writing (`write_slide_folder`) is atomic file by file. The CSV row that
 says ``ok`` is written only after every file here exists, so "row ok and files present"
-is what marks a slide done.
+is what marks a slide done. The folder's name is `wsi_ats.outputs.names.folder_name`.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import io
 
 import numpy as np
 
+from wsi_ats.outputs.names import printable
 from wsi_ats.outputs.patches import result_patches
 from wsi_ats.result import SlideResult
 
@@ -67,9 +68,10 @@ def render_heatmap_png(
     ax.set_ylim(H0, 0)
     ax.set_axis_off()
     ax.set_title(
-        f"{result.slide_id}: {result.prediction} (p = {result.probability:.3f}), "
+        f"{printable(result.slide_id)}: {result.prediction} (p = {result.probability:.3f}), "
         f"{len(patches)} sampled patches outlined" + (f" ({draws} draws)" if draws > 1 else ""),
         fontsize=10,
+        parse_math=False,  # an id is text: "$x^$" in a file name must not be read as a formula
     )
     cax = fig.add_axes(((left + tw + gap) / W, bottom / H, bar_w / W, th / H))
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax).set_label("attention")

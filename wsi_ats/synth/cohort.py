@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from wsi_ats.manifest import ManifestRow, write_manifest
+from wsi_ats.progress import progress_bar
 from wsi_ats.synth.annotations import write_geojson
 from wsi_ats.synth.ngff import write_ome_zarr
 from wsi_ats.synth.pyramid import slide_shape
@@ -78,7 +78,7 @@ def make_slide(path: str | Path, size: int | tuple[int, int], *, positive: bool,
         raise ValueError(f"{path}: format {fmt!r} is not one of {', '.join(SUFFIXES)}")
     scene = make_scene(slide_shape(size), positive=positive, seed=seed, n_blobs=n_blobs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=scene.shape[0] // TILE, desc=path.name, unit="row", disable=not progress) as bar:
+    with progress_bar(total=scene.shape[0] // TILE, desc=path.name, unit="row", enabled=progress) as bar:
         if fmt == "tiff":
             write_tiff(path, scene, mpp=mpp, workers=workers, on_row=bar.update)
         else:
@@ -115,25 +115,27 @@ def plan_cohort(n: int, formats: Sequence[str] = ("tiff", "zarr"), seed: int = 0
     ]
 
 
-def _make_one(out: Path, spec: SlideSpec, size: int | tuple[int, int], n_blobs: int, zarr_version: str) -> None:
+def _make_one(out: Path, spec: SlideSpec, size: int | tuple[int, int], n_blobs: int, mpp: float, zarr_version: str) -> None:
     scene = make_slide(out / spec.relpath, size, positive=spec.positive, seed=spec.seed, fmt=spec.fmt,
-                       n_blobs=n_blobs, zarr_version=zarr_version)
+                       n_blobs=n_blobs, mpp=mpp, zarr_version=zarr_version)
     write_geojson(out / "annotations" / f"{spec.slide_id}.geojson", scene)
 
 
 def make_cohort(out_dir: str | Path, n: int = 12, size: int | tuple[int, int] = 8192,
-                formats: Sequence[str] = ("tiff", "zarr"), seed: int = 0, *, n_blobs: int = 3,
+                formats: Sequence[str] = ("tiff", "zarr"), seed: int = 0, *, n_blobs: int = 3, mpp: float = 0.25,
                 zarr_version: str = "0.5", workers: int | None = None, progress: bool = True) -> Path:
     """Write a balanced synthetic cohort into `out_dir`; returns the path of its `manifest.csv`.
 
-    Slides are made in `workers` processes (default: one per CPU); the files do not depend on it.
+    `n_blobs` lesions (positive) or mimics (negative) per slide, `mpp` the level-0 micrometres
+    per pixel the files state. Slides are made in `workers` processes (default: one per CPU);
+    the files do not depend on it.
     """
     out = Path(out_dir)
     plan = plan_cohort(n, formats, seed)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     workers = min(workers or os.cpu_count() or 1, n)
-    jobs = [(out, spec, size, n_blobs, zarr_version) for spec in plan]
-    with tqdm(total=n, desc="synth", unit="slide", disable=not progress) as bar:
+    jobs = [(out, spec, size, n_blobs, mpp, zarr_version) for spec in plan]
+    with progress_bar(total=n, desc="synth", unit="slide", enabled=progress) as bar:
         if workers == 1:
             for job in jobs:
                 _make_one(*job)
