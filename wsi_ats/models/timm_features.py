@@ -27,8 +27,8 @@ from wsi_ats.models.registry import register
 KEY = "[model.features]"
 #: Suffixes of weights files read with `torch.load` (``weights_only``) or safetensors.
 TORCH_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt")
-#: The head weights a classification checkpoint carries and a feature net (``num_classes = 0``) has not.
-HEAD_PREFIXES = ("fc.", "head.", "classifier.", "head.fc.", "last_linear.")
+#: Where a classification checkpoint keeps its head; such keys the headless net (``num_classes = 0``) lacks are dropped.
+HEAD_PREFIXES = ("fc.", "head.", "classifier.", "last_linear.")
 
 
 def import_timm() -> Any:
@@ -126,8 +126,9 @@ class TimmFeatures(nn.Module):
         except TypeError as err:
             raise ConfigError(f"{KEY} timm_kwargs = {kwargs!r}: {arch} does not take them ({err})") from None
         if weights is not None and not hub:
-            state = {k: v for k, v in load_state_dict(weights).items() if not k.startswith(HEAD_PREFIXES)}
             own = self.net.state_dict()
+            # a published checkpoint's classification head, which the headless net has not (ConvNeXt's head.norm it has)
+            state = {k: v for k, v in load_state_dict(weights).items() if k in own or not k.startswith(HEAD_PREFIXES)}
             missing = [k for k in own if k not in state]
             unexpected = [k for k in state if k not in own]
             misshapen = [k for k in state if k in own and state[k].shape != own[k].shape]
