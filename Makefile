@@ -10,9 +10,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 
 # torch first and pinned: the CPU build; letting the resolver choose brings a multi-GB CUDA build.
+# torchvision (timm needs it) pinned to torch's release for the same reason: an unpinned one
+# asks for a newer torch and drags the CUDA build back in (wsi_ats.models.timm_features).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q torch==2.13.0 torchvision==0.28.0
 	$(BIN)/python -m pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
