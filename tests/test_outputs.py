@@ -18,7 +18,7 @@ from wsi_ats.outputs import (
     SLIDE_FILES,
     complete,
     error_row,
-    ok_row,
+    result_row,
     patches_geojson,
     read_predictions,
     render_heatmap_png,
@@ -76,7 +76,7 @@ def thumbnail() -> np.ndarray:
 
 
 def test_csv_rows_read_back_exactly(tmp_path):
-    rows = [ok_row(make_result(), "/data/s1.tif", 1.23456), error_row("s2", "/data/s2.svs", "SlideError: /data/s2.svs: bad", 0.1)]
+    rows = [result_row(make_result(), "/data/s1.tif", 1.23456), error_row("s2", "/data/s2.svs", "SlideError: /data/s2.svs: bad", 0.1)]
     write_predictions(tmp_path / "p.csv", rows)
     back = read_predictions(tmp_path / "p.csv")
     assert back == [{**r, "seconds": round(r["seconds"], 3)} for r in complete(rows)]  # seconds: ms only
@@ -85,9 +85,9 @@ def test_csv_rows_read_back_exactly(tmp_path):
 
 
 def test_csv_columns_are_the_contract_then_one_probability_per_class(tmp_path):
-    rows = [ok_row(make_result(), "/data/s1.tif", 1.0)]
+    rows = [result_row(make_result(), "/data/s1.tif", 1.0)]
     assert columns(rows) == [
-        "slide_id", "path", "status", "error", "prediction", "probability",
+        "slide_id", "path", "status", "error", "warning", "prediction", "probability",
         "prob_benign", "prob_tumour", "seconds", "patches_fetched",
     ]  # fmt: skip
 

@@ -30,12 +30,13 @@ from wsi_ats.manifest import ManifestRow
 from wsi_ats.outputs import (
     OK,
     PREDICTIONS_CSV,
+    UNJUDGED,
     Row,
     complete,
     error_row,
-    ok_row,
     read_predictions,
     remove_stale_temps,
+    result_row,
     slide_files,
     slide_folder_complete,
     write_predictions,
@@ -46,6 +47,7 @@ from wsi_ats.result import SlideResult
 if TYPE_CHECKING:
     import numpy as np
 
+    from wsi_ats.engine.plan import SlidePlan
     from wsi_ats.models import ATSModel
     from wsi_ats.readers import Slide
 
@@ -73,7 +75,7 @@ def describe_error(err: BaseException, path: str) -> str:
 
 
 def exit_code(rows: list[Row]) -> int:
-    """What `wsi-ats predict` exits with: 0 when every slide is ok, 1 when any failed."""
+    """What `wsi-ats predict` exits with: 0 when every slide is ok, 1 when any failed or could not be judged."""
     return 0 if rows and all(r["status"] == OK for r in rows) else 1
 
 
@@ -92,12 +94,21 @@ def load_model(model_path: str | os.PathLike[str], device: str | None = None) ->
 
 
 def predict_with_seed(
-    model: "ATSModel", slide: "Slide", slide_id: str, seed: int, topk: bool, draws: int, cache: str | None = None
+    model: "ATSModel",
+    slide: "Slide",
+    slide_id: str,
+    seed: int,
+    topk: bool,
+    draws: int,
+    cache: str | None = None,
+    plan: SlidePlan | None = None,
 ) -> SlideResult:
-    """The engine on one open slide, with the slide's own seed (`slide_seed`)."""
+    """The engine on one open slide (and its plan, if made already), with the slide's own seed (`slide_seed`)."""
     from wsi_ats.engine.run import predict_slide
 
-    return predict_slide(model, slide, slide_id=slide_id, seed=slide_seed(seed, slide_id), draws=draws, topk=topk, cache=cache)
+    return predict_slide(
+        model, slide, slide_id=slide_id, seed=slide_seed(seed, slide_id), draws=draws, topk=topk, cache=cache, plan=plan
+    )
 
 
 @dataclass(frozen=True)
@@ -128,16 +139,21 @@ def predict_one(
 
     ``model`` is a loaded model or a checkpoint path (loaded once per process), so a
     dask task can be given the path instead of the pickled network. ``mpp`` overrides the
-    file's resolution; ``cache`` keeps resampled levels between runs.
+    file's resolution; ``cache`` keeps resampled levels between runs. A slide the model
+    cannot judge is no failure: its result carries the warnings, and its files show why.
+    The heatmap's thumbnail is read from the plan's levels, so memory stays bounded on a
+    slide without a pyramid.
     """
+    from wsi_ats.engine.plan import plan_slide, thumbnail
     from wsi_ats.readers import open_slide
 
     start = time.perf_counter()
     try:
         net = load_model(model, device) if isinstance(model, (str, os.PathLike)) else model
         with open_slide(source, mpp=mpp) as slide:
-            result = predict_with_seed(net, slide, slide_id, seed, topk, draws, cache)
-            files = slide_files(result, slide.thumbnail(THUMBNAIL_SIZE), slide.levels[0].shape, 1 if topk else draws)
+            plan = plan_slide(net, slide, cache=cache)
+            result = predict_with_seed(net, slide, slide_id, seed, topk, draws, cache, plan)
+            files = slide_files(result, thumbnail(plan, THUMBNAIL_SIZE), slide.levels[0].shape, 1 if topk else draws)
     except Exception as err:  # noqa: BLE001 - a bad slide fails its row, never the batch
         return SlideOutcome(slide_id, source, time.perf_counter() - start, error=describe_error(err, source))
     return SlideOutcome(slide_id, source, time.perf_counter() - start, result=result, files=files)
@@ -297,7 +313,7 @@ class Pipeline:
             assert outcome.result is not None
             try:
                 write_slide_folder(out / outcome.slide_id, outcome.files)
-                return ok_row(outcome.result, outcome.path, outcome.seconds)
+                return result_row(outcome.result, outcome.path, outcome.seconds)
             except OSError as err:
                 return error_row(outcome.slide_id, outcome.path, describe_error(err, outcome.path), outcome.seconds)
         return error_row(outcome.slide_id, outcome.path, outcome.error, outcome.seconds)
@@ -305,9 +321,10 @@ class Pipeline:
     @staticmethod
     def _summary(rows: list[Row], skipped: int, csv_path: Path) -> None:
         bad = [r for r in rows if r["status"] != OK]
+        unjudged = sum(r["status"] == UNJUDGED for r in rows)
         print(
-            f"{len(rows)} slides: {len(rows) - len(bad)} ok ({skipped} already done), {len(bad)} failed "
-            f"-> {csv_path}"
+            f"{len(rows)} slides: {len(rows) - len(bad)} ok ({skipped} already done), {unjudged} not judged, "
+            f"{len(bad) - unjudged} failed -> {csv_path}"
         )
         for r in bad:
-            print(f"  failed {r['slide_id']}: {r['error']}")
+            print(f"  not judged {r['slide_id']}: {r['warning']}" if r["status"] == UNJUDGED else f"  failed {r['slide_id']}: {r['error']}")
