@@ -57,6 +57,7 @@ BENCHMARKS = (
               quick=("--size", "1024", "--steps", "1", "--rounds", "1")),
     Benchmark("ats_vs_dense", "ATS against dense tiling + gated-attention MIL: accuracy, time, patches, RSS"),
     Benchmark("flat_memory", "ATS inference peak RSS and time on a 20k and a 200k slide of the same tissue"),
+    Benchmark("bad_input_memory", "peak RSS and time of wsi-ats predict on one-level TIFFs: 28k^2, sparse 200k^2, 10^6^2 (refused)"),
     Benchmark("scaling", "batch prediction throughput against the number of workers"),
     Benchmark("megadigits", "Megapixel MNIST-style task: ATS accuracy and time against baselines"),
 )  # fmt: skip

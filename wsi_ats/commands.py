@@ -2,7 +2,7 @@
 
 They live here rather than in `wsi_ats.cli` (argument parsing only) so Python callers get
 the same behaviour and exit codes: 0 on success (every slide ok), 1 when any slide failed
-(its row says why), 2 for bad usage or input -- an unknown ``--scheduler``, a bad manifest
+or could not be judged (its row says why), 2 for bad usage or input -- an unknown ``--scheduler``, a bad manifest
 or recipe, a missing or foreign model, no slides at all, an unreachable cluster, or an
 ``OUT`` whose ``predictions.csv`` is not ours. Usage is checked before the model is
 loaded, and the model before any cluster starts, so a mistake costs no startup time.

@@ -45,7 +45,7 @@ MIN_WIDTH, MIN_SLIDE = 560, 256
 #: Edge of each top patch under the slide, in figure pixels.
 GALLERY_EDGE = 96
 #: Colour of the slide area when there is no thumbnail.
-NO_THUMBNAIL = (0.85, 0.85, 0.85)
+NO_THUMBNAIL = (217, 217, 217)
 
 
 def render_heatmap_png(
@@ -61,7 +61,7 @@ def render_heatmap_png(
         raise ValueError(f"{result.slide_id}: attention map must be 2-D (y, x), got shape {attention.shape}")
     if thumbnail is None:
         scale = max(H0, W0) / 512
-        thumbnail = np.empty((max(1, round(H0 / scale)), max(1, round(W0 / scale)), 3))
+        thumbnail = np.empty((max(1, round(H0 / scale)), max(1, round(W0 / scale)), 3), np.uint8)
         thumbnail[:] = NO_THUMBNAIL
         missing = True
     else:
@@ -81,8 +81,10 @@ def render_heatmap_png(
     H = bottom + gallery_h + sh + top
     fig = Figure(figsize=(W / DPI, H / DPI), dpi=DPI)
     FigureCanvasAgg(fig)
+    # The thumbnail as the figure's own pixels, the axes drawn over it: no resampling, and as opaque
+    # RGBA bytes matplotlib converts nothing (about half of imshow's memory on a 1024^2 thumbnail).
+    fig.figimage(_rgba(_enlarged(thumbnail, sh, sw)), xo=left, yo=bottom + gallery_h, origin="upper", zorder=-1)
     ax = fig.add_axes((left / W, (bottom + gallery_h) / H, sw / W, sh / H))
-    ax.imshow(thumbnail, extent=(0, W0, H0, 0), interpolation="nearest" if zoom > 1 else "antialiased")
     if result.judged and attention.size and attention.max() > 0:
         cells_per_pixel = max(H0 / (result.attention_downsample * th), W0 / (result.attention_downsample * tw))
         overlay, norm, factor = _overlay(attention, cells_per_pixel)
@@ -108,6 +110,21 @@ def render_heatmap_png(
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, facecolor="white", pil_kwargs={"compress_level": 3})
     return buf.getvalue()
+
+
+def _enlarged(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``image`` as ``(h, w)`` pixels, each repeated (nearest neighbour); itself when it has that size."""
+    if image.shape[:2] == (h, w):
+        return image
+    rows = np.minimum((np.arange(h) * image.shape[0] / h).astype(int), image.shape[0] - 1)
+    cols = np.minimum((np.arange(w) * image.shape[1] / w).astype(int), image.shape[1] - 1)
+    return image[rows[:, None], cols[None, :]]
+
+
+def _rgba(image: np.ndarray) -> np.ndarray:
+    """Opaque uint8 RGBA of an RGB image (uint8, or floats in [0, 1])."""
+    rgb = image if image.dtype == np.uint8 else np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    return np.concatenate([rgb[..., :3], np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=2)
 
 
 def _overlay(attention: np.ndarray, cells_per_pixel: float):
