@@ -126,7 +126,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures = run_child(__file__, ["--child", path, "--model", model])
         slides.append({"name": name, "edge": edge, "kind": kind, "file_mb": round(os.path.getsize(path) / 2**20, 1), **figures})
         print(f"{name}: {figures}", file=sys.stderr)
-    summary = [
+    return {"benchmark": "bad_input_memory", "machine": info, "model": f"{RECIPE.name}, seeded, untrained", "seed": args.seed,
+            "target": {"peak_rss_mb_max": TARGET_RSS_MIB}, "slides": slides, "summary": summarize(slides, info)}  # fmt: skip
+
+
+def summarize(slides: list[dict[str, Any]], info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headline rows: peak RSS against the target, then the times."""
+    return [
         summary_row(f"peak RSS of wsi-ats predict, one-level {s['edge']}^2 {s['kind']} TIFF (MiB); {_outcome(s)}",
                     round(s["peak_rss_mb"]), f"< {TARGET_RSS_MIB}", s["peak_rss_mb"] < TARGET_RSS_MIB)
         for s in slides
@@ -135,12 +141,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"{s['seconds']:.0f} ({s['cpu_seconds']:.0f})")
         for s in slides
     ]  # fmt: skip
-    return {"benchmark": "bad_input_memory", "machine": info, "model": f"{RECIPE.name}, seeded, untrained", "seed": args.seed,
-            "target": {"peak_rss_mb_max": TARGET_RSS_MIB}, "slides": slides, "summary": summary}  # fmt: skip
 
 
 def _outcome(s: dict[str, Any]) -> str:
-    return s["status"] if s["status"] != "error" else f"error: {s['error'].split(': ', 2)[-1][:60]}..."
+    """The row's status; for an error, its reason up to the first colon after the path."""
+    return s["status"] if s["status"] != "error" else f"error: {s['error'].split(': ', 2)[-1].split(':')[0]}"
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:

@@ -98,7 +98,7 @@ def render_heatmap_png(
     ax.set_axis_off()
     _draw_patches(ax, patches, max(H0 / th, W0 / tw))
     _scale_bar(ax, H0, W0, result.mpp)
-    fig.text(8 / W, 1 - 6 / H, head, fontsize=10, fontweight="bold", ha="left", va="top")
+    fig.text(8 / W, 1 - 6 / H, head, fontsize=10, fontweight="bold", ha="left", va="top", color="black" if result.judged else "darkred")
     fig.text(8 / W, 1 - 24 / H, "\n".join(lines), fontsize=7.5, ha="left", va="top", linespacing=1.3)
     for k, image in enumerate(gallery):
         gx = left + k * (GALLERY_EDGE + 6)
