@@ -140,7 +140,7 @@ def predict_one(
     ``model`` is a loaded model or a checkpoint path (loaded once per process), so a
     dask task can be given the path instead of the pickled network. ``mpp`` overrides the
     file's resolution; ``cache`` keeps resampled levels between runs. A slide the model
-    cannot judge is no failure: its result carries the warnings, and its files show why.
+    cannot judge is not an error: its result carries the warnings, and its files show why.
     The heatmap's thumbnail is read from the plan's levels, so memory stays bounded on a
     slide without a pyramid.
     """
