@@ -59,6 +59,7 @@ BENCHMARKS = (
     Benchmark("flat_memory", "ATS inference peak RSS and time on a 20k and a 200k slide of the same tissue"),
     Benchmark("same_answer", "a trained model on slides stored four other ways: same class as the originals, by microns and by downsample"),
     Benchmark("resolution", "ATS time and peak RSS on a 40k slide stored natively, as a pyramid lacking the model's scales, as one level"),
+    Benchmark("bad_input_memory", "peak RSS and time of wsi-ats predict on one-level TIFFs: 28k^2, sparse 200k^2, 10^6^2 (refused)"),
     Benchmark("scaling", "batch prediction throughput against the number of workers"),
     Benchmark("megadigits", "Megapixel MNIST-style task: ATS accuracy and time against baselines"),
 )  # fmt: skip

@@ -177,8 +177,9 @@ def test_huge_grids_return_a_block_summed_attention_map(slide, monkeypatch):
     assert result.attention.sum() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_a_level_smaller_than_the_receptive_field_is_a_clear_error():
+def test_a_level_smaller_than_the_receptive_field_is_a_plan_without_cells_that_says_so():
     tiny = open_slide(np.full((6, 6, 3), 200, np.uint8))  # one level, 6 px: the 7 px field does not fit
     model = tiny_model(tissue=TissueSpec(enabled=False))
-    with pytest.raises(ValueError, match="smaller than the attention net's receptive field"):
-        plan_slide(model, tiny)
+    plan = plan_slide(model, tiny)
+    assert plan.warnings == ("slide too small: 6x6 px, less than the attention net's field (28x28 px at level 0)",)
+    assert len(plan.cells) == 0

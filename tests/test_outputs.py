@@ -18,10 +18,10 @@ from wsi_ats.outputs import (
     SLIDE_FILES,
     complete,
     error_row,
-    ok_row,
     patches_geojson,
     read_predictions,
     render_heatmap_png,
+    result_row,
     slide_files,
     slide_folder_complete,
     write_predictions,
@@ -76,7 +76,7 @@ def thumbnail() -> np.ndarray:
 
 
 def test_csv_rows_read_back_exactly(tmp_path):
-    rows = [ok_row(make_result(), "/data/s1.tif", 1.23456), error_row("s2", "/data/s2.svs", "SlideError: /data/s2.svs: bad", 0.1)]
+    rows = [result_row(make_result(), "/data/s1.tif", 1.23456), error_row("s2", "/data/s2.svs", "SlideError: /data/s2.svs: bad", 0.1)]
     write_predictions(tmp_path / "p.csv", rows)
     back = read_predictions(tmp_path / "p.csv")
     assert back == [{**r, "seconds": round(r["seconds"], 3)} for r in complete(rows)]  # seconds: ms only
@@ -85,11 +85,31 @@ def test_csv_rows_read_back_exactly(tmp_path):
 
 
 def test_csv_columns_are_the_contract_then_one_probability_per_class(tmp_path):
-    rows = [ok_row(make_result(), "/data/s1.tif", 1.0)]
+    rows = [result_row(make_result(), "/data/s1.tif", 1.0)]
     assert columns(rows) == [
-        "slide_id", "path", "status", "error", "prediction", "probability",
+        "slide_id", "path", "status", "error", "warning", "prediction", "probability",
         "prob_benign", "prob_tumour", "seconds", "patches_fetched",
     ]  # fmt: skip
+
+
+def test_a_result_with_warnings_is_an_unjudged_row_without_a_class(tmp_path):
+    result = SlideResult(**{**make_result().__dict__, "probabilities": np.full(2, np.nan), "warnings": ("blank slide", "and\nmore")})
+    row = result_row(result, "/data/s1.tif", 1.0)
+    assert (row["status"], row["error"], row["warning"], row["prediction"], row["probability"]) == (
+        "unjudged", "", "blank slide; and more", "", None
+    )
+    write_predictions(tmp_path / "p.csv", [row, result_row(make_result(), "/data/s2.tif", 1.0)])
+    back = read_predictions(tmp_path / "p.csv")
+    assert back[0]["warning"] == "blank slide; and more" and back[0]["prob_benign"] is None and back[0]["prob_tumour"] is None
+    assert back[1]["status"] == "ok" and back[1]["warning"] == ""
+
+
+def test_a_predictions_file_from_before_the_warning_column_reads_with_it_empty(tmp_path):
+    (tmp_path / "p.csv").write_text(
+        "slide_id,path,status,error,prediction,probability,seconds,patches_fetched\ns1,/data/s1.tif,ok,,tumour,0.75,1.000,12\n"
+    )
+    (row,) = read_predictions(tmp_path / "p.csv")
+    assert (row["status"], row["warning"], row["prediction"], row["probability"]) == ("ok", "", "tumour", 0.75)
 
 
 def test_error_reason_is_kept_on_one_line_even_with_commas_and_newlines(tmp_path):

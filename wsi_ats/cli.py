@@ -30,7 +30,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"wsi-ats info: {err}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps(desc, indent=2) if args.json else format_description(desc))
-    return EXIT_OK
+    for problem in desc["problems"]:
+        print(f"wsi-ats info: {args.slide}: {problem}", file=sys.stderr)
+    return EXIT_USAGE if desc["problems"] else EXIT_OK
 
 
 def synth_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -164,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"wsi-ats {__version__}", help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="`wsi-ats COMMAND --help` lists its options")
 
-    s = sub.add_parser("info", help="levels, tiles, mpp and vendor of a slide")
+    s = sub.add_parser("info", help="levels, tiles, mpp (and its source) and vendor of a slide; reads a tile and the smallest level")
     s.add_argument("slide", help="slide file, OME-Zarr/zarr directory or URL")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=_cmd_info)

@@ -2,8 +2,8 @@
 
 They live here rather than in `wsi_ats.cli` (argument parsing only) so Python callers get
 the same behaviour and exit codes: 0 on success (every slide ok), 1 when any slide failed
-(its row says why), 2 for bad usage or input -- an unknown ``--scheduler``, a bad manifest
-or recipe, a missing or foreign model, no slides at all, an unreachable cluster, an
+or could not be judged (its row says why), 2 for bad usage or input -- an unknown ``--scheduler``,
+a bad manifest or recipe, a missing or foreign model, no slides at all, an unreachable cluster, an
 ``OUT`` whose ``predictions.csv`` is not ours, an ``OUT`` another run holds or that cannot
 be created or written (read-only, a file, full), or a manifest id that names another
 file's result in ``OUT``. Usage is checked before the model is loaded, and the model and

@@ -31,14 +31,15 @@ from wsi_ats.manifest import ManifestRow
 from wsi_ats.outputs import (
     OK,
     PREDICTIONS_CSV,
+    UNJUDGED,
     Row,
     complete,
     error_row,
     folder_name,
     merge_rows,
-    ok_row,
     printable,
     read_predictions,
+    result_row,
     slide_files,
     slide_folder_complete,
     write_predictions,
@@ -50,6 +51,7 @@ from wsi_ats.result import SlideResult
 if TYPE_CHECKING:
     import numpy as np
 
+    from wsi_ats.engine.plan import SlidePlan
     from wsi_ats.models import ATSModel
     from wsi_ats.readers import Slide
 
@@ -77,7 +79,7 @@ def describe_error(err: BaseException, path: str) -> str:
 
 
 def exit_code(rows: list[Row]) -> int:
-    """What `wsi-ats predict` exits with: 0 when every slide is ok, 1 when any failed."""
+    """What `wsi-ats predict` exits with: 0 when every slide is ok, 1 when any failed or could not be judged."""
     return 0 if rows and all(r["status"] == OK for r in rows) else 1
 
 
@@ -96,12 +98,21 @@ def load_model(model_path: str | os.PathLike[str], device: str | None = None) ->
 
 
 def predict_with_seed(
-    model: "ATSModel", slide: "Slide", slide_id: str, seed: int, topk: bool, draws: int, cache: str | None = None
+    model: "ATSModel",
+    slide: "Slide",
+    slide_id: str,
+    seed: int,
+    topk: bool,
+    draws: int,
+    cache: str | None = None,
+    plan: SlidePlan | None = None,
 ) -> SlideResult:
-    """The engine on one open slide, with the slide's own seed (`slide_seed`)."""
+    """The engine on one open slide (and its plan, if made already), with the slide's own seed (`slide_seed`)."""
     from wsi_ats.engine.run import predict_slide
 
-    return predict_slide(model, slide, slide_id=slide_id, seed=slide_seed(seed, slide_id), draws=draws, topk=topk, cache=cache)
+    return predict_slide(
+        model, slide, slide_id=slide_id, seed=slide_seed(seed, slide_id), draws=draws, topk=topk, cache=cache, plan=plan
+    )
 
 
 @dataclass(frozen=True)
@@ -135,9 +146,13 @@ def predict_one(
 
     ``model`` is a loaded model or a checkpoint path (loaded once per process), so a
     dask task can be given the path instead of the pickled network. ``mpp`` overrides the
-    file's resolution; ``cache`` keeps resampled levels between runs.
+    file's resolution; ``cache`` keeps resampled levels between runs. A slide the model
+    cannot judge is not an error: its result carries the warnings, and its files show why.
+    The heatmap's thumbnail is read from the plan's levels, so memory stays bounded on a
+    slide without a pyramid.
     """
     from wsi_ats.dense import captured_embeddings, sampled_bag
+    from wsi_ats.engine.plan import plan_slide, thumbnail
     from wsi_ats.outputs.bags import bag_bytes
     from wsi_ats.readers import open_slide
 
@@ -145,10 +160,11 @@ def predict_one(
     try:
         net = load_model(model, device) if isinstance(model, (str, os.PathLike)) else model
         with open_slide(source, mpp=mpp) as slide:
+            plan = plan_slide(net, slide, cache=cache)
             with captured_embeddings(net) if save_features else nullcontext([]) as embeddings:
-                result = predict_with_seed(net, slide, slide_id, seed, topk, draws, cache)
-            files = slide_files(result, slide.thumbnail(THUMBNAIL_SIZE), slide.levels[0].shape, 1 if topk else draws)
-            if save_features:
+                result = predict_with_seed(net, slide, slide_id, seed, topk, draws, cache, plan)
+            files = slide_files(result, thumbnail(plan, THUMBNAIL_SIZE), slide.levels[0].shape, 1 if topk else draws)
+            if save_features and result.judged:
                 files["features.h5"] = bag_bytes(sampled_bag(net, result, embeddings, slide.mpp))
     except Exception as err:  # noqa: BLE001 - a bad slide fails its row, never the batch
         return SlideOutcome(slide_id, source, time.perf_counter() - start, error=describe_error(err, source))
@@ -325,7 +341,7 @@ class Pipeline:
             assert outcome.result is not None
             try:
                 write_slide_folder(out / folder_name(outcome.slide_id), outcome.files)
-                return ok_row(outcome.result, outcome.path, outcome.seconds)
+                return result_row(outcome.result, outcome.path, outcome.seconds)
             except OSError as err:
                 return error_row(outcome.slide_id, outcome.path, describe_error(err, outcome.path), outcome.seconds)
         return error_row(outcome.slide_id, outcome.path, outcome.error, outcome.seconds)
@@ -333,11 +349,16 @@ class Pipeline:
     @staticmethod
     def _summary(rows: list[Row], skipped: int, csv_path: Path) -> None:
         bad = [r for r in rows if r["status"] != OK]
+        unjudged = sum(r["status"] == UNJUDGED for r in rows)
         print(
-            printable(f"{len(rows)} slides: {len(rows) - len(bad)} ok ({skipped} already done), {len(bad)} failed -> {csv_path}")
+            printable(
+                f"{len(rows)} slides: {len(rows) - len(bad)} ok ({skipped} already done), {unjudged} not judged, "
+                f"{len(bad) - unjudged} failed -> {csv_path}"
+            )
         )
         for r in bad:
-            print(printable(f"  failed {r['slide_id']}: {r['error']}"))
+            line = f"  not judged {r['slide_id']}: {r['warning']}" if r["status"] == UNJUDGED else f"  failed {r['slide_id']}: {r['error']}"
+            print(printable(line))
 
 
 def _read_rows(csv_path: Path) -> list[Row]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from wsi_ats.device import autocast, to_device
-from wsi_ats.engine.assemble import slide_result
+from wsi_ats.engine.assemble import slide_result, unjudged_result
 from wsi_ats.engine.attention import tissue_logits
 from wsi_ats.engine.coordinates import patch_corners
 from wsi_ats.engine.fetch import fetch_patches
@@ -27,25 +27,26 @@ from wsi_ats.engine.plan import SlidePlan, plan_slide
 from wsi_ats.engine.windows import read_windows
 from wsi_ats.models import ATSModel
 from wsi_ats.models.ats_model import ATSOutput
-from wsi_ats.readers.base import Slide
+from wsi_ats.readers.base import Slide, SlideError
 from wsi_ats.result import SlideResult
 
 
 class SlidePatches:
     """The model's patch source on one slide: drawn cells -> their corners -> one fetch of all their patches.
 
-    Keeps the corners of its last call, which the result reports in level-0 pixels.
+    Keeps the corners and pixels of its last call, which the result reports (corners in level-0 pixels).
     """
 
     def __init__(self, model: ATSModel, plan: SlidePlan, client: Any = None) -> None:
         self.model, self.plan, self.client = model, plan, client
         self.corners = np.zeros((0, 2), np.int64)
+        self.pixels = np.zeros((0, model.patch_size, model.patch_size, 3), np.uint8)
 
     def __call__(self, indices: torch.Tensor) -> torch.Tensor:
         size = self.model.patch_size
         self.corners = patch_corners(self.plan, indices, size)
-        patches = fetch_patches(self.plan.slide, self.plan.high_level, self.corners, size, client=self.client)
-        return to_device(patches, self.model.device)
+        self.pixels = fetch_patches(self.plan.slide, self.plan.high_level, self.corners, size, client=self.client)
+        return to_device(self.pixels, self.model.device)
 
 
 def forward_slide(
@@ -56,7 +57,12 @@ def forward_slide(
     generator: torch.Generator | None = None,
     client: Any = None,
 ) -> ATSOutput:
-    """Training pass on one slide (one draw, gradients on): ``windows`` are its cached `read_windows`."""
+    """Training pass on one slide (one draw, gradients on): ``windows`` are its cached `read_windows`.
+
+    A slide the model cannot judge (``plan.warnings``) cannot teach it either: a `SlideError` saying why.
+    """
+    if plan.warnings:
+        raise SlideError(f"{plan.slide.name}: cannot train on this slide: {'; '.join(plan.warnings)}")
     return model(tissue_logits(model, windows, plan), SlidePatches(model, plan, client), generator=generator)
 
 
@@ -71,16 +77,24 @@ def predict_slide(
     topk: bool = False,
     client: Any = None,
     cache: str | os.PathLike[str] | None = None,
+    plan: SlidePlan | None = None,
 ) -> SlideResult:
     """Class probabilities of one slide, averaged over ``draws`` samples (or from the top-``n`` cells).
 
     Deterministic for a given ``seed``; the model is put in eval mode for the call.
-    ``cache``: a folder keeping the slide's resampled levels between runs (`plan_slide`).
+    ``cache``: a folder keeping the slide's resampled levels between runs (`plan_slide`);
+    ``plan``: the slide's plan when the caller made it already. A slide the model cannot
+    judge gets a result with its ``warnings`` and no class, and no network runs on it.
     """
     start, was_training = time.perf_counter(), model.training
+    if plan is None:
+        plan = plan_slide(model, slide, cache=cache)
+    if plan.warnings:
+        return unjudged_result(
+            slide_id=slide_id, source=slide.source, class_names=model.class_names, plan=plan, seconds=time.perf_counter() - start
+        )
     model.eval()
     try:
-        plan = plan_slide(model, slide, cache=cache)
         generator = torch.Generator(device=model.device).manual_seed(int(seed))
         patches = SlidePatches(model, plan, client)
         with autocast(model.device):
@@ -97,6 +111,7 @@ def predict_slide(
         probabilities=probabilities.cpu().numpy(),
         attention=out.attention[0].cpu().numpy(),
         top_left=patches.corners,
+        patch_pixels=patches.pixels,
         patch_size=model.patch_size,
         patch_attention=out.probs.reshape(-1).cpu().numpy(),
         seconds=time.perf_counter() - start,

@@ -30,12 +30,15 @@ class TissueMask:
 
     ``regions`` are mask-pixel boxes ``(y0, x0, y1, x1)`` outside which the mask is all
     False (None: anywhere); they let callers skip blank parts without scanning them.
+    ``uniform_colour`` is the RGB of every pixel of the level read when it holds no other
+    (a blank scan, a store whose chunks are all missing), else None.
     """
 
     mask: np.ndarray
     downsample: float
     threshold: float
     regions: tuple[Box, ...] | None = None
+    uniform_colour: tuple[int, int, int] | None = None
 
     @property
     def fraction(self) -> float:
@@ -68,14 +71,14 @@ def tissue_mask(slide: Slide, *, downsample: float = 64.0, level: int | None = N
     else:
         factor = 1
     lv = slide.levels[level]
-    saturation, hist, busy = _saturation(slide, level, factor)
+    saturation, hist, busy, colour = _saturation(slide, level, factor)
     cut = max(_otsu_level(hist), math.ceil(min_saturation * 255))
     mask = np.zeros(saturation.shape, bool)  # flat grey chunks have saturation 0: never tissue
     for y0, x0, y1, x1 in busy:
         mask[y0:y1, x0:x1] = saturation[y0:y1, x0:x1] > cut
     for box in busy:
         _majority3(mask, *box)
-    return TissueMask(mask=mask, downsample=lv.downsample * factor, threshold=cut / 255, regions=tuple(busy))
+    return TissueMask(mask=mask, downsample=lv.downsample * factor, threshold=cut / 255, regions=tuple(busy), uniform_colour=colour)
 
 
 def otsu_threshold(values: np.ndarray) -> float:
@@ -97,8 +100,9 @@ def _otsu_level(hist: np.ndarray) -> int:
     return int(np.argmax(np.nan_to_num(between[:-1], nan=0.0, posinf=0.0)))
 
 
-def _saturation(slide: Slide, level: int, factor: int) -> tuple[np.ndarray, np.ndarray, list[Box]]:
-    """8-bit HSV saturation of ``level`` reduced by ``factor``, its 256-bin histogram, and the mask-pixel boxes of the chunks with content.
+def _saturation(slide: Slide, level: int, factor: int) -> tuple[np.ndarray, np.ndarray, list[Box], tuple[int, int, int] | None]:
+    """8-bit HSV saturation of ``level`` reduced by ``factor``, its 256-bin histogram, the mask-pixel boxes of the chunks with content,
+    and the level's one colour if it has only one.
 
     Chunks of one grey (empty glass, blank tiles) have saturation 0: they are counted in the
     histogram but never written, so a blank slide's saturation stays untouched zero pages.
@@ -108,11 +112,16 @@ def _saturation(slide: Slide, level: int, factor: int) -> tuple[np.ndarray, np.n
     hist = np.zeros(256, np.int64)
     step = factor * CHUNK
     busy = []
+    colour, uniform = None, True  # every chunk so far is this one colour
     for y in range(0, H, step):
         for x in range(0, W, step):
             region = slide.read_region(level, (y, x), (min(step, H - y), min(step, W - x)))
             y0, x0 = y // factor, x // factor
             box = (y0, x0, y0 + math.ceil(region.shape[0] / factor), x0 + math.ceil(region.shape[1] / factor))
+            if uniform:
+                first = (int(region[0, 0, 0]), int(region[0, 0, 1]), int(region[0, 0, 2]))
+                uniform = colour in (None, first) and bool((region == region[:1, :1]).all())
+                colour = first
             if region.min() == region.max():
                 hist[0] += (box[2] - box[0]) * (box[3] - box[1])
                 continue
@@ -120,7 +129,7 @@ def _saturation(slide: Slide, level: int, factor: int) -> tuple[np.ndarray, np.n
             out[box[0] : box[2], box[1] : box[3]] = chunk
             hist += np.bincount(chunk.ravel(), minlength=256)
             busy.append(box)
-    return out, hist, busy
+    return out, hist, busy, colour if uniform else None
 
 
 def _hsv_saturation(rgb: np.ndarray) -> np.ndarray:

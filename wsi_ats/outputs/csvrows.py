@@ -21,29 +21,36 @@ from wsi_ats.outputs.atomic import atomic_write_bytes
 from wsi_ats.result import SlideResult
 
 PREDICTIONS_CSV = "predictions.csv"
-HEAD_COLUMNS = ("slide_id", "path", "status", "error", "prediction", "probability")
+HEAD_COLUMNS = ("slide_id", "path", "status", "error", "warning", "prediction", "probability")
+#: Head columns a file written before the ``warning`` column existed may lack (read as ``""``).
+OPTIONAL_COLUMNS = ("warning",)
 TAIL_COLUMNS = ("seconds", "patches_fetched")
 #: Columns that change between identical runs; compare runs without them.
 TIMING_COLUMNS = ("seconds",)
 PROB_PREFIX = "prob_"
-OK, ERROR = "ok", "error"
+#: A row's status: predicted; predicted nothing because the slide cannot be judged (``warning`` says why); failed (``error``).
+OK, UNJUDGED, ERROR = "ok", "unjudged", "error"
+#: Joins a result's warnings in the ``warning`` column.
+WARNING_SEPARATOR = "; "
 #: Paths that are not UTF-8 round-trip as their bytes.
 _ENCODING_ERRORS = "surrogateescape"
 
 Row = dict[str, Any]
 
 
-def ok_row(result: SlideResult, path: str, seconds: float) -> Row:
-    """The row of a slide whose outputs are all written."""
+def result_row(result: SlideResult, path: str, seconds: float) -> Row:
+    """The row of a slide whose outputs are all written: ``ok`` with its class, or ``unjudged`` with why and no class."""
     row: Row = {
         "slide_id": result.slide_id,
         "path": path,
-        "status": OK,
+        "status": OK if result.judged else UNJUDGED,
         "error": "",
-        "prediction": result.prediction,
+        "warning": " ".join(WARNING_SEPARATOR.join(result.warnings).split()),
+        "prediction": result.prediction or "",
         "probability": result.probability,
     }
-    row.update({f"{PROB_PREFIX}{c}": float(p) for c, p in zip(result.class_names, result.probabilities)})
+    if result.judged:
+        row.update({f"{PROB_PREFIX}{c}": float(p) for c, p in zip(result.class_names, result.probabilities)})
     row.update(seconds=float(seconds), patches_fetched=int(result.patches_fetched))
     return row
 
@@ -55,6 +62,7 @@ def error_row(slide_id: str, path: str, error: str, seconds: float) -> Row:
         "path": path,
         "status": ERROR,
         "error": " ".join(error.split()),
+        "warning": "",
         "prediction": "",
         "probability": None,
         "seconds": float(seconds),
@@ -121,18 +129,21 @@ def merge_rows(ours: list[Row], on_disk: list[Row]) -> list[Row]:
 
 
 def read_predictions(path: str | os.PathLike[str]) -> list[Row]:
-    """Rows of an existing CSV, typed as `ok_row` / `error_row` make them; ``[]`` if there is none."""
+    """Rows of an existing CSV, typed as `result_row` / `error_row` make them; ``[]`` if there is none.
+
+    A file from before the ``warning`` column reads with that column empty.
+    """
     path = Path(path)
     if not path.exists():
         return []
     with path.open(newline="", encoding="utf-8", errors=_ENCODING_ERRORS) as f:
         reader = csv.DictReader(f)
-        missing = [c for c in HEAD_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in HEAD_COLUMNS if c not in (reader.fieldnames or []) and c not in OPTIONAL_COLUMNS]
         if missing:
             raise ValueError(f"{path}: not a predictions file (missing columns {', '.join(missing)})")
         rows = []
         for line, rec in enumerate(reader, start=2):
             if None in rec or None in rec.values():
                 raise ValueError(f"{path}:{line}: expected {len(reader.fieldnames or [])} fields")
-            rows.append({k: _parse(k, v) for k, v in rec.items()})
+            rows.append({**dict.fromkeys(OPTIONAL_COLUMNS, ""), **{k: _parse(k, v) for k, v in rec.items()}})
     return rows

@@ -25,6 +25,18 @@ class Patch:
     draw: int
     rank: int
 
+    def box(self, slide_shape: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
+        """``(y0, x0, y1, x1)`` in level-0 pixels, clipped to a slide of ``slide_shape`` ``(H, W)`` when given.
+
+        A patch near the border reaches past the slide (its outside is read as zero); what
+        is written for people and other tools stays on the slide.
+        """
+        y0, x0, y1, x1 = self.y, self.x, self.y + self.size, self.x + self.size
+        if slide_shape is None:
+            return y0, x0, y1, x1
+        H, W = slide_shape
+        return min(max(y0, 0), H), min(max(x0, 0), W), min(max(y1, 0), H), min(max(x1, 0), W)
+
 
 def result_patches(result: SlideResult, draws: int = 1) -> list[Patch]:
     """Every patch of every draw, draw by draw, in sampling order."""
