@@ -31,6 +31,7 @@ from wsi_ats.outputs import (
     OK,
     PREDICTIONS_CSV,
     Row,
+    bytes_columns,
     complete,
     error_row,
     ok_row,
@@ -110,6 +111,9 @@ class SlideOutcome:
     result: SlideResult | None = None
     files: dict[str, bytes] = field(default_factory=dict)
     error: str | None = None
+    #: Bytes this prediction read of the slide (in the process that ran it), and the slide's size.
+    bytes_read: int | None = None
+    slide_bytes: int | None = None
 
 
 def predict_one(
@@ -131,8 +135,9 @@ def predict_one(
     file's resolution; ``cache`` keeps resampled levels between runs.
     """
     from wsi_ats.readers import open_slide
+    from wsi_ats.readers.remote import read_stats, source_size
 
-    start = time.perf_counter()
+    start, before = time.perf_counter(), read_stats(source)
     try:
         net = load_model(model, device) if isinstance(model, (str, os.PathLike)) else model
         with open_slide(source, mpp=mpp) as slide:
@@ -140,7 +145,8 @@ def predict_one(
             files = slide_files(result, slide.thumbnail(THUMBNAIL_SIZE), slide.levels[0].shape, 1 if topk else draws)
     except Exception as err:  # noqa: BLE001 - a bad slide fails its row, never the batch
         return SlideOutcome(slide_id, source, time.perf_counter() - start, error=describe_error(err, source))
-    return SlideOutcome(slide_id, source, time.perf_counter() - start, result=result, files=files)
+    seconds, read = time.perf_counter() - start, (read_stats(source) - before).bytes
+    return SlideOutcome(slide_id, source, seconds, result=result, files=files, bytes_read=read, slide_bytes=source_size(source))
 
 
 class Pipeline:
@@ -297,7 +303,7 @@ class Pipeline:
             assert outcome.result is not None
             try:
                 write_slide_folder(out / outcome.slide_id, outcome.files)
-                return ok_row(outcome.result, outcome.path, outcome.seconds)
+                return ok_row(outcome.result, outcome.path, outcome.seconds) | bytes_columns(outcome.bytes_read, outcome.slide_bytes)
             except OSError as err:
                 return error_row(outcome.slide_id, outcome.path, describe_error(err, outcome.path), outcome.seconds)
         return error_row(outcome.slide_id, outcome.path, outcome.error, outcome.seconds)

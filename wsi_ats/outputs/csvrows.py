@@ -58,6 +58,15 @@ def error_row(slide_id: str, path: str, error: str, seconds: float) -> Row:
     }
 
 
+#: Byte accounting of an ok row (`bytes_columns`): what the prediction read of the slide, and the slide's size.
+BYTES_COLUMNS = ("bytes_read", "slide_bytes")
+
+
+def bytes_columns(bytes_read: int | None, slide_bytes: int | None) -> Row:
+    """The byte-accounting cells of an ok row (empty where unknown)."""
+    return {"bytes_read": bytes_read, "slide_bytes": slide_bytes}
+
+
 def columns(rows: list[Row]) -> list[str]:
     """Head columns, every ``prob_<class>`` in order of first appearance, tail, then any others."""
     extra: dict[str, None] = {}
@@ -85,7 +94,7 @@ def _cell(column: str, value: Any) -> str:
 
 
 def _parse(column: str, text: str) -> Any:
-    if column == "patches_fetched":
+    if column == "patches_fetched" or column in BYTES_COLUMNS:
         return int(text) if text else None
     if column in ("probability", "seconds") or column.startswith(PROB_PREFIX):
         return float(text) if text else None
