@@ -9,10 +9,12 @@ from __future__ import annotations
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from remote_servers import moto_server, range_http_server, s3_client, storage_options, upload
+from remote_servers import moto_server, range_http_server, s3_client, s3_env, storage_options, upload
 
 from wsi_ats.readers import SlideError, open_slide
 from wsi_ats.readers.remote import read_stats, source_size
@@ -149,3 +151,57 @@ def test_a_local_cluster_worker_opens_the_url_itself(s3, local):
         worker_stats = client.run(read_stats, url)
     np.testing.assert_array_equal(pixels, open_slide(local / "slide.tiff").read_region(0, (300, 500), (400, 300)))
     assert [stats.bytes > 0 for stats in worker_stats.values()] == [True]  # the worker fetched the bytes
+
+
+def test_fetching_patches_from_a_url_gives_the_local_pixels_requesting_each_covering_tile_once(s3, local):
+    from wsi_ats.engine.fetch import fetch_patches_with_stats
+
+    endpoint, urls = s3
+    url = urls["slide.tiff"]
+    slide = open_slide(url, storage_options=storage_options(endpoint))
+    corners = np.array([[100, 100], [700, 1300], [1500, 40], [1800, 1800]])
+    before = read_stats(url)
+    patches, stats = fetch_patches_with_stats(slide, 0, corners, 224, num_workers=1)
+    read = read_stats(url) - before
+    expected, _ = fetch_patches_with_stats(open_slide(local / "slide.tiff"), 0, corners, 224, num_workers=1)
+    np.testing.assert_array_equal(patches, expected)
+    assert read.requests == stats.tiles  # each covering tile's bytes requested once
+
+
+def test_predict_on_a_manifest_of_s3_urls_writes_the_rows_of_its_local_copies_and_a_clear_error_per_bad_object(
+    s3, tmp_path_factory, tmp_path
+):
+    """The CLI finds the server and keys in the environment (AWS_*), as a user's shell gives them."""
+    from predict_data import TIMEOUT, cli_env, cohort_slides, trained_model
+
+    from wsi_ats.outputs import TIMING_COLUMNS, read_predictions
+
+    endpoint, urls = s3
+    model, manifest = trained_model(tmp_path_factory.getbasetemp())
+    tiff, _, zarr, _ = cohort_slides(manifest)
+    client = s3_client(endpoint)
+    remote = {"tiff": upload(client, BUCKET, tiff, "cohort/" + tiff.name), "zarr": upload(client, BUCKET, zarr, "cohort/" + zarr.name)}
+    bad = {"gone": f"s3://{BUCKET}/cohort/gone.tiff", "truncated": urls["truncated.tiff"]}
+
+    def predict(rows: dict[str, str], out):
+        (tmp_path / f"{out}.csv").write_text("slide_id,path,label\n" + "".join(f"{k},{v},positive\n" for k, v in rows.items()))
+        args = ["predict", "--model", str(model), "--manifest", str(tmp_path / f"{out}.csv"), "--out", str(tmp_path / out)]
+        done = subprocess.run(
+            [sys.executable, "-m", "wsi_ats.cli", *args, "--scheduler", "threads"],
+            capture_output=True, text=True, env={**cli_env(), **s3_env(endpoint)}, timeout=TIMEOUT,
+        )  # fmt: skip
+        return done, read_predictions(tmp_path / out / "predictions.csv")
+
+    _, local_rows = predict({"tiff": str(tiff), "zarr": str(zarr)}, "local")
+    done, url_rows = predict({**remote, **bad}, "urls")
+    assert done.returncode == 1, done.stderr
+    drop = {*TIMING_COLUMNS, "path"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in url_rows[:2]] == [
+        {k: v for k, v in r.items() if k not in drop} for r in local_rows
+    ]
+    assert [r["path"] for r in url_rows] == [*remote.values(), *bad.values()]
+    assert [r["slide_bytes"] for r in url_rows[:2]] == [tiff.stat().st_size, sum(f.stat().st_size for f in zarr.rglob("*") if f.is_file())]
+    assert all(r["bytes_read"] > 0 for r in url_rows[:2])  # tiny slides: more than their size (levels are read again)
+    gone, truncated = url_rows[2:]
+    assert gone["status"] == "error" and gone["error"].startswith("FileNotFoundError") and bad["gone"] in gone["error"]
+    assert truncated["status"] == "error" and "truncated" in truncated["error"] and bad["truncated"] in truncated["error"]

@@ -97,9 +97,12 @@ class Slide(abc.ABC):
         """
         return self._read(level, *self.tile_box(level, ty, tx))
 
-    def read_tiles(self, level: int, tiles: "list[tuple[int, int]]") -> list[np.ndarray]:
+    def read_tiles(self, level: int, tiles: list[tuple[int, int]]) -> list[np.ndarray]:
         """Several tiles of one level; a backend that reads by byte range requests them all at once."""
         return [self.read_tile(level, ty, tx) for ty, tx in tiles]
+
+    def prefetch_tiles(self, level: int, tiles: list[tuple[int, int]]) -> None:
+        """A hint that these tiles are read next: a remote backend fetches their bytes in one round."""
 
     def close(self) -> None:
         """Release native handles; reads after close may reopen lazily or fail, by backend."""

@@ -30,6 +30,8 @@ from typing import Any
 
 from wsi_ats.readers.base import SlideError
 
+#: Bytes of prefetched ranges a remote source holds until they are read.
+PREFETCH_LIMIT = 256 * 1024 * 1024
 #: Read size of the buffered stream tifffile parses headers through: IFDs and tag values
 #: come in a few requests instead of one per tag.
 HEADER_BLOCK = 256 * 1024
@@ -111,6 +113,9 @@ class ByteSource:
         """A seekable binary file over the bytes, for parsers (tifffile)."""
         raise NotImplementedError
 
+    def prefetch(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """A hint that these ranges are read next (a remote source fetches them now, all in one round)."""
+
     def close(self) -> None:
         pass
 
@@ -135,7 +140,11 @@ class LocalBytes(ByteSource):
 
 
 class RemoteBytes(ByteSource):
-    """An object behind a URL, read by byte range."""
+    """An object behind a URL, read by byte range.
+
+    `prefetch` fetches ranges ahead (several requests in flight) and keeps them until read
+    once, up to `PREFETCH_LIMIT` bytes (beyond that, ranges are fetched again when read).
+    """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.name = url
@@ -146,8 +155,27 @@ class RemoteBytes(ByteSource):
         self.size = int(info["size"])
         version = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime")
         self.key = (url, self.size, str(version))
+        self._ahead: dict[tuple[int, int], bytes] = {}
+        self._ahead_bytes = 0
+        self._lock = threading.Lock()
+
+    def prefetch(self, ranges: Sequence[tuple[int, int]]) -> None:
+        with self._lock:
+            wanted = [r for r in dict.fromkeys(ranges) if r not in self._ahead]
+        for r, data in zip(wanted, self._fetch(wanted)):
+            with self._lock:
+                if self._ahead_bytes + len(data) <= PREFETCH_LIMIT:
+                    self._ahead[r] = data
+                    self._ahead_bytes += len(data)
 
     def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        with self._lock:
+            found = {r: self._ahead.pop(r) for r in ranges if r in self._ahead}
+            self._ahead_bytes -= sum(map(len, found.values()))
+        fetched = iter(self._fetch([r for r in ranges if r not in found]))
+        return [found[r] if r in found else next(fetched) for r in ranges]
+
+    def _fetch(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         if not ranges:
             return []
         starts = [offset for offset, _ in ranges]

@@ -150,6 +150,14 @@ class TiffSlide(Slide):
                 out.append(np.full((h, w, 3), 255, np.uint8))
         return out
 
+    def prefetch_tiles(self, level: int, tiles: Sequence[tuple[int, int]]) -> None:
+        for ty, tx in tiles:
+            self.tile_box(level, ty, tx)
+        handle = self._handle()
+        lv, columns = handle.tiled[level], self.tile_grid(level)[1]
+        index = [ty * columns + tx for ty, tx in tiles]
+        handle.file.prefetch([(int(lv.offsets[i]), int(lv.counts[i])) for i in index if lv.counts[i]])
+
     def _decode(self, level: int, tile: tuple[int, int], lv: _TiledLevel, index: int, data: bytes, h: int, w: int) -> np.ndarray:
         where = f"{self.source}: level {level} tile {tile}"
         if len(data) != int(lv.counts[index]):
