@@ -32,9 +32,10 @@ from wsi_ats.readers.base import SlideError
 
 #: Bytes of prefetched ranges a remote source holds until they are read.
 PREFETCH_LIMIT = 256 * 1024 * 1024
-#: Read size of the buffered stream tifffile parses headers through: IFDs and tag values
-#: come in a few requests instead of one per tag.
-HEADER_BLOCK = 256 * 1024
+#: Read size of the buffered stream tifffile parses headers through: IFDs and tag values come
+#: in a few requests instead of one per tag. Small, as IFDs lie between the levels' data: on a
+#: 3-level synthetic TIFF, 256 KiB blocks read 1.4 MB of header in 8 requests, 16 KiB 160 kB in 10.
+HEADER_BLOCK = 16 * 1024
 
 
 def is_url(source: str) -> bool:

@@ -1,7 +1,8 @@
-"""Real servers on 127.0.0.1 for the remote-slide tests: an S3 (moto's server mode) and an HTTP server with Range.
+"""Real servers on 127.0.0.1 for remote slides: an S3 (moto's server mode) and an HTTP server with Range.
 
-Both are started by the tests themselves (nothing beyond the test extras' pip packages):
-moto in a subprocess on a free port, the HTTP server in a thread.
+What ``tests/test_remote.py`` and ``benchmarks/remote.py`` read slides from: moto runs in a
+subprocess on a free port (``pip install 'moto[server]' boto3``, the test extras), the HTTP
+server in a thread. Nothing here is needed to read real buckets.
 """
 
 from __future__ import annotations

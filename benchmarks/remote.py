@@ -1,0 +1,124 @@
+"""Prediction on slides in object storage: bytes read, requests and time, against the same slide on local disk.
+
+A synthetic Aperio-like JPEG TIFF (``wsi_ats.synth.make_slide``, 40k x 40k by default) and
+its OME-Zarr copy (same scene, same tiles) are uploaded to an S3-compatible server on
+127.0.0.1 (moto's server mode, `wsi_ats.testing.servers`). For each, `wsi_ats.pipeline.predict_one`
+with the synthetic recipe's model (``pipelines/synthetic_wsi.toml``: n = 32 patches at 1/4,
+attention at 1/16; seeded untrained weights -- the reads do not depend on what it learnt)
+runs on the local file and on the ``s3://`` URL, and records:
+
+- ``bytes_read / file size`` (target <= 3% at n = 32; dense tiling reads 100%: every tile);
+- read requests (range GETs for the TIFF after its header, chunk GETs for zarr);
+- wall time local vs remote (a loopback server: the added time is per-request overhead,
+  not bandwidth; a real bucket adds its round-trip latency per round of requests).
+
+The rows are equal local and remote (the predictions do not depend on where the bytes come
+from). Writes ``benchmarks/results/remote.json`` (``--quick``: 4096 px,
+``benchmarks/results/tmp/remote-quick.json``) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+from harness import CACHE, RESULTS, building, cached_slide, machine_info, machine_line, markdown_table, summary_row, write_json
+
+from wsi_ats.pipeline import predict_one
+from wsi_ats.readers.remote import read_stats, source_size
+from wsi_ats.testing.servers import moto_server, s3_client, s3_env, upload
+
+#: bytes_read / file size that issue 18 asks for at n = 32.
+TARGET_FRACTION = 0.03
+RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "synthetic_wsi.toml"
+BUCKET = "slides"
+
+
+def recipe_model(seed: int = 0) -> Path:
+    """The recipe's model with seeded initial weights, saved once as a checkpoint."""
+    import torch
+
+    from wsi_ats.checkpoint import save_checkpoint
+    from wsi_ats.models import ATSModel
+    from wsi_ats.models.config import load_config
+
+    path = CACHE / f"remote-model-seed{seed}.pt"
+    if not path.exists():
+        torch.manual_seed(seed)
+        model = ATSModel.from_config(load_config(RECIPE).model, ("negative", "positive")).eval()
+        with building(path) as part:
+            save_checkpoint(part, model)
+    return path
+
+
+def measure(model: Path, source: str, repeats: int) -> dict:
+    """Median wall time of ``repeats`` predictions, and the bytes and requests of one."""
+    seconds, reads = [], []
+    for _ in range(repeats):
+        before, start = read_stats(source), time.perf_counter()
+        outcome = predict_one(str(model), source, "bench", seed=0)
+        seconds.append(time.perf_counter() - start)
+        if outcome.error:
+            raise RuntimeError(outcome.error)
+        reads.append(read_stats(source) - before)
+    size = source_size(source)
+    return {
+        "seconds": statistics.median(seconds),
+        "bytes_read": reads[0].bytes,
+        "requests": reads[0].requests,
+        "slide_bytes": size,
+        "fraction": reads[0].bytes / size,
+        "prediction": outcome.result.probabilities.tolist(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=40000, help="level-0 edge of the synthetic slide (px)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="4096 px, one repeat, result under tmp/")
+    args = parser.parse_args()
+    size, repeats = (4096, 1) if args.quick else (args.size, args.repeats)
+    info = machine_info()
+    model = recipe_model()
+    slides = {"tiff": cached_slide(size, fmt="tiff"), "ome-zarr": cached_slide(size, fmt="zarr")}
+    predict_one(str(model), str(slides["tiff"]), "warm-up", seed=0)  # imports, model load: not timed
+    results = {}
+    with moto_server() as endpoint:
+        os.environ.update(s3_env(endpoint))  # s3fs finds the server and keys as a user's shell gives them
+        client = s3_client(endpoint)
+        client.create_bucket(Bucket=BUCKET)
+        for fmt, path in slides.items():
+            url = upload(client, BUCKET, path, path.name)
+            local, remote = measure(model, str(path), repeats), measure(model, url, repeats)
+            assert local["prediction"] == remote["prediction"], "remote and local predictions differ"
+            results[fmt] = {"local": local, "remote": remote, "url": url}
+    rows = [
+        [fmt, f"{r['remote']['slide_bytes'] / 2**20:.0f}", f"{r['remote']['bytes_read'] / 2**20:.1f}", f"{r['remote']['fraction']:.2%}",
+         r["remote"]["requests"], f"{r['local']['seconds']:.2f}", f"{r['remote']['seconds']:.2f}"]
+        for fmt, r in results.items()
+    ]  # fmt: skip
+    fractions = [r["remote"]["fraction"] for r in results.values()]
+    data = {
+        "machine": info,
+        "size": size,
+        "n_patches": 32,
+        "repeats": repeats,
+        "results": results,
+        "summary": [
+            summary_row("bytes_read / file size, n = 32 (worst format)", round(max(fractions), 4), f"<= {TARGET_FRACTION}",
+                        max(fractions) <= TARGET_FRACTION),
+        ],  # fmt: skip
+    }
+    out = CACHE / "remote-quick.json" if args.quick else RESULTS / "remote.json"
+    write_json(out, data)
+    print(machine_line(info))
+    print(markdown_table(["format", "file MiB", "read MiB", "read / file", "requests", "local s", "S3 (loopback) s"], rows))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
