@@ -108,11 +108,9 @@ def main() -> None:
         "n_patches": 32,
         "repeats": repeats,
         "results": results,
-        "summary": [
-            summary_row("bytes_read / file size, n = 32 (worst format)", round(max(fractions), 4), f"<= {TARGET_FRACTION}",
-                        max(fractions) <= TARGET_FRACTION),
-        ],  # fmt: skip
-    }
+        "summary": [summary_row("bytes_read / file size, n = 32 (worst format)", round(max(fractions), 4),
+                                f"<= {TARGET_FRACTION}", max(fractions) <= TARGET_FRACTION)],
+    }  # fmt: skip
     out = CACHE / "remote-quick.json" if args.quick else RESULTS / "remote.json"
     write_json(out, data)
     print(machine_line(info))

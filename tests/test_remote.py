@@ -14,11 +14,11 @@ import sys
 
 import numpy as np
 import pytest
-from wsi_ats.testing.servers import moto_server, range_http_server, s3_client, s3_env, storage_options, upload
 
 from wsi_ats.readers import SlideError, open_slide
 from wsi_ats.readers.remote import read_stats, source_size
 from wsi_ats.synth import make_slide
+from wsi_ats.testing.servers import moto_server, range_http_server, s3_client, s3_env, storage_options, upload
 
 #: A 2048-px slide: levels 1, 4, 16 in 256-px tiles (64 tiles at level 0).
 SIZE = 2048

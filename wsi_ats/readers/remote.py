@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wsi_ats.readers.base import SlideError
+from wsi_ats.readers.handles import file_key
 
 #: Bytes of prefetched ranges a remote source holds until they are read.
 PREFETCH_LIMIT = 256 * 1024 * 1024
@@ -125,8 +126,8 @@ class LocalBytes(ByteSource):
     def __init__(self, path: str) -> None:
         self.name = path
         self._file = open(path, "rb", buffering=0)  # noqa: SIM115 -- held open for reads; `close` closes it
-        st = os.fstat(self._file.fileno())
-        self.size, self.key = st.st_size, (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+        self.key = file_key(path)
+        self.size = self.key[2]
 
     def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         out = [os.pread(self._file.fileno(), n, offset) for offset, n in ranges]
@@ -226,11 +227,7 @@ def open_bytes(source: str, storage_options: dict[str, Any] | None = None) -> By
 
 def source_key(source: str, storage_options: dict[str, Any] | None = None) -> Hashable:
     """The current version's identity without keeping anything open (one HEAD request for a URL)."""
-    if not is_url(source):
-        st = os.stat(source)
-        return os.path.realpath(source), st.st_mtime_ns, st.st_size
-    b = RemoteBytes(source, storage_options)
-    return b.key
+    return RemoteBytes(source, storage_options).key if is_url(source) else file_key(source)
 
 
 # -- zarr ----------------------------------------------------------------------
