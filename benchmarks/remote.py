@@ -17,19 +17,33 @@ runs on the local file and on the ``s3://`` URL, and records:
   of requests.
 
 The rows are equal local and remote (the predictions do not depend on where the bytes come
-from). Writes ``benchmarks/results/remote.json`` (``--quick``: 4096 px,
+from). Writes ``benchmarks/results/remote.json`` and ``.png`` (``--quick``: 4096 px,
 ``benchmarks/results/tmp/remote-quick.json``) and prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from harness import CACHE, RESULTS, building, cached_slide, machine_info, machine_line, markdown_table, summary_row, write_json
+from harness import (
+    CACHE,
+    RESULTS,
+    building,
+    cached_slide,
+    figure,
+    machine_info,
+    machine_line,
+    markdown_table,
+    save_figure,
+    summary_row,
+    write_json,
+)
 
 from wsi_ats.pipeline import predict_one
 from wsi_ats.readers.remote import read_stats, source_size
@@ -79,13 +93,8 @@ def measure(model: Path, source: str, repeats: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=40000, help="level-0 edge of the synthetic slide (px)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="4096 px, one repeat, result under tmp/")
-    args = parser.parse_args()
-    size, repeats = (4096, 1) if args.quick else (args.size, args.repeats)
+def run(size: int, repeats: int) -> dict:
+    """Both formats, local, on moto's S3 and over HTTP Range."""
     info = machine_info()
     model = recipe_model()
     slides = {"tiff": cached_slide(size, fmt="tiff"), "ome-zarr": cached_slide(size, fmt="zarr")}
@@ -101,27 +110,65 @@ def main() -> None:
             over_http = measure(model, f"{http}/{path.name}", repeats)
             assert local["prediction"] == remote["prediction"] == over_http["prediction"], "remote and local predictions differ"
             results[fmt] = {"local": local, "remote": remote, "http": over_http, "url": url}
-    rows = [
-        [fmt, f"{r['remote']['slide_bytes'] / 2**20:.0f}", f"{r['remote']['bytes_read'] / 2**20:.1f}", f"{r['remote']['fraction']:.2%}",
-         r["remote"]["requests"], f"{r['local']['seconds']:.2f}", f"{r['remote']['seconds']:.2f}", f"{r['http']['seconds']:.2f}"]
-        for fmt, r in results.items()
-    ]  # fmt: skip
-    fractions = [r["remote"]["fraction"] for r in results.values()]
-    data = {
+    worst = max(r["remote"]["fraction"] for r in results.values())
+    return {
         "machine": info,
         "size": size,
         "n_patches": 32,
         "repeats": repeats,
         "results": results,
-        "summary": [summary_row("bytes_read / file size, n = 32 (worst format)", round(max(fractions), 4),
-                                f"<= {TARGET_FRACTION}", max(fractions) <= TARGET_FRACTION)],
+        "summary": [summary_row(f"bytes_read / file size, {size}^2, n = 32 (worst format)", round(worst, 4),
+                                f"<= {TARGET_FRACTION}", worst <= TARGET_FRACTION)],
     }  # fmt: skip
-    out = CACHE / "remote-quick.json" if args.quick else RESULTS / "remote.json"
-    write_json(out, data)
-    print(machine_line(info))
-    print(markdown_table(["format", "file MiB", "read MiB", "read / file", "requests", "local s", "S3 (moto) s", "HTTP Range s"], rows))
-    print(f"wrote {out}")
+
+
+def table(data: dict) -> str:
+    rows = [
+        [fmt, f"{r['remote']['slide_bytes'] / 2**20:.0f}", f"{r['remote']['bytes_read'] / 2**20:.1f}", f"{r['remote']['fraction']:.2%}",
+         r["remote"]["requests"], f"{r['local']['seconds']:.2f}", f"{r['remote']['seconds']:.2f}", f"{r['http']['seconds']:.2f}"]
+        for fmt, r in data["results"].items()
+    ]  # fmt: skip
+    headers = ["format", "file MiB", "read MiB", "read / file", "requests", "local s", "S3 (moto) s", "HTTP Range s"]
+    return machine_line(data["machine"]) + "\n" + markdown_table(headers, rows)
+
+
+def plot(data: dict, path: Path) -> Path:
+    """Share of the file read per format, and prediction time local / S3 / HTTP."""
+    fig, (share, times) = figure(2)
+    formats = list(data["results"])
+    share.bar(formats, [100 * data["results"][f]["remote"]["fraction"] for f in formats])
+    share.axhline(100 * TARGET_FRACTION, color="k", linestyle="--", label="target")
+    share.set_ylabel("bytes read / file size (%)")
+    share.legend(fontsize=8)
+    width = 0.25
+    for k, where in enumerate(("local", "remote", "http")):
+        xs = [i + (k - 1) * width for i in range(len(formats))]
+        times.bar(xs, [data["results"][f][where]["seconds"] for f in formats], width, label={"remote": "S3 (moto)"}.get(where, where))
+    times.set_xticks(range(len(formats)), formats)
+    times.set_ylabel("prediction time (s)")
+    times.legend(fontsize=8)
+    fig.suptitle(f"{data['size']}^2 slide, n = 32 -- {machine_line(data['machine'])}", fontsize=9)
+    return save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=40000, help="level-0 edge of the synthetic slide (px)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="4096 px, one repeat, result under tmp/")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/remote.json)")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the plot and table of an existing --out")
+    args = parser.parse_args(argv)
+    out = args.out or (CACHE / "remote-quick.json" if args.quick else RESULTS / "remote.json")
+    if args.plot_only:
+        data = json.loads(out.read_text(encoding="utf-8"))
+    else:
+        data = run(*((4096, 1) if args.quick else (args.size, args.repeats)))
+        write_json(out, data)
+    plot(data, out.with_suffix(".png"))
+    print(table(data))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -58,6 +58,7 @@ BENCHMARKS = (
     Benchmark("ats_vs_dense", "ATS against dense tiling + gated-attention MIL: accuracy, time, patches, RSS"),
     Benchmark("flat_memory", "ATS inference peak RSS and time on a 20k and a 200k slide of the same tissue"),
     Benchmark("scaling", "batch prediction throughput against the number of workers"),
+    Benchmark("remote", "prediction on slides in S3 / over HTTP Range: bytes read / file size, requests, time vs local disk"),
     Benchmark("megadigits", "Megapixel MNIST-style task: ATS accuracy and time against baselines"),
 )  # fmt: skip
 _BY_NAME = {b.name: b for b in BENCHMARKS}
