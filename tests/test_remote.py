@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from wsi_ats.readers.remote import read_stats, source_size
 from wsi_ats.synth import make_slide
 from wsi_ats.testing.servers import moto_server, range_http_server, s3_client, s3_env, storage_options, upload
 
+REPO = Path(__file__).resolve().parents[1]
 #: A 2048-px slide: levels 1, 4, 16 in 256-px tiles (64 tiles at level 0).
 SIZE = 2048
 BUCKET = "slides"
@@ -137,6 +139,7 @@ def test_openslide_cannot_be_forced_on_a_url(http):
         open_slide(f"{http}/slide.tiff", backend="openslide")
 
 
+@pytest.mark.slow
 def test_a_local_cluster_worker_opens_the_url_itself(s3, local):
     from distributed import Client, LocalCluster
 
@@ -168,6 +171,7 @@ def test_fetching_patches_from_a_url_gives_the_local_pixels_requesting_each_cove
     assert read.requests == stats.tiles  # each covering tile's bytes requested once
 
 
+@pytest.mark.slow
 def test_predict_on_a_manifest_of_s3_urls_writes_the_rows_of_its_local_copies_and_a_clear_error_per_bad_object(
     s3, tmp_path_factory, tmp_path
 ):
@@ -205,3 +209,25 @@ def test_predict_on_a_manifest_of_s3_urls_writes_the_rows_of_its_local_copies_an
     gone, truncated = url_rows[2:]
     assert gone["status"] == "error" and gone["error"].startswith("FileNotFoundError") and bad["gone"] in gone["error"]
     assert truncated["status"] == "error" and "truncated" in truncated["error"] and bad["truncated"] in truncated["error"]
+
+
+@pytest.mark.slow
+def test_training_on_a_manifest_under_an_s3_root_learns_the_same_weights_as_on_the_local_copies(s3, tmp_path, monkeypatch):
+    """Credentials and endpoint from the environment, as for the CLI; relative manifest paths under ``--root s3://...``."""
+    import torch
+
+    from wsi_ats.synth import make_cohort
+    from wsi_ats.train import train
+
+    endpoint, _ = s3
+    for name, value in s3_env(endpoint).items():
+        monkeypatch.setenv(name, value)
+    manifest = make_cohort(tmp_path / "cohort", n=2, size=1024, formats=("tiff", "zarr"), seed=1, workers=1, progress=False)
+    client = s3_client(endpoint)
+    for slide in sorted((tmp_path / "cohort" / "slides").iterdir()):
+        upload(client, BUCKET, slide, f"train/slides/{slide.name}")
+    recipe = REPO / "pipelines" / "synthetic_wsi.toml"
+    train(manifest, recipe, tmp_path / "local", seed=0, epochs=1, device="cpu", progress=False)
+    train(manifest, recipe, tmp_path / "remote", seed=0, epochs=1, device="cpu", progress=False, root=f"s3://{BUCKET}/train")
+    local, remote = (torch.load(tmp_path / run / "model.pt", weights_only=False)["state_dict"] for run in ("local", "remote"))
+    assert local.keys() == remote.keys() and all(torch.equal(local[k], remote[k]) for k in local)
