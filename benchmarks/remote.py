@@ -88,7 +88,7 @@ def measure(model: Path, source: str, repeats: int) -> dict:
         "bytes_read": reads[0].bytes,
         "requests": reads[0].requests,
         "slide_bytes": size,
-        "fraction": reads[0].bytes / size,
+        "fraction": reads[0].bytes / size if size else None,  # None: a folder over plain HTTP (no listing)
         "prediction": outcome.result.probabilities.tolist(),
     }
 

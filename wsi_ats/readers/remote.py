@@ -83,11 +83,18 @@ def read_stats(source: str) -> ReadStats:
 
 
 def source_size(source: str, storage_options: dict[str, Any] | None = None) -> int | None:
-    """Bytes a source holds (a file, or every file of a zarr store); None when it cannot be listed."""
+    """Bytes a source holds (a file, or every file of a zarr store); None when it cannot be listed cheaply.
+
+    A folder behind plain HTTP(S) has no listing API (fsspec would walk its HTML index, a
+    request per file): its size is None.
+    """
     try:
         if is_url(source):
             fs, path = url_to_fs(source, storage_options)
-            return int(fs.du(path, total=True))
+            info = fs.info(path)
+            if info.get("type") != "directory":
+                return int(info["size"])
+            return None if source.startswith(("http://", "https://")) else int(fs.du(path, total=True))
         if os.path.isdir(source):
             return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(source) for f in files)
         return os.path.getsize(source)
