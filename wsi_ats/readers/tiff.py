@@ -7,6 +7,12 @@ the tile's compressed bytes (thread-safe, releases the GIL) and tifffile's
 ``page.decode`` (imagecodecs, which honours JPEGTables and releases the GIL), so
 many threads decode at once from one handle.
 
+The same code reads a TIFF behind a URL (`wsi_ats.readers.remote`): tifffile parses the
+header through a buffered range-reading stream, and tile reads become byte-range requests,
+those of one `TiffSlide.read_tiles` (a region) or `prefetch_tiles` (a fetch task) in flight
+together. TIFF-based formats only OpenSlide reads (NDPI, SCN, Philips, BIF) are refused
+over a URL with a "copy it locally" error; locally `open_slide` sends them to OpenSlide.
+
 Levels: the main series' pyramid (``series[0].levels``: OME and other SubIFD
 pyramids) plus the top-level tiled directories OpenSlide counts as levels: every
 tiled one in an Aperio file, ``subfiletype`` reduced-resolution ones otherwise.
@@ -136,10 +142,9 @@ class TiffSlide(Slide):
         """Several tiles of a level: their byte ranges are requested together (in flight at once over a URL)."""
         boxes = [self.tile_box(level, ty, tx) for ty, tx in tiles]  # checks each tile lies in the level
         handle = self._handle()
-        lv, columns = handle.tiled[level], self.tile_grid(level)[1]
-        index = [ty * columns + tx for ty, tx in tiles]
+        lv, index, ranges = self._ranges(handle, level, tiles)
         try:
-            data = iter(handle.file.read_many([(int(lv.offsets[i]), int(lv.counts[i])) for i in index if lv.counts[i]]))
+            data = iter(handle.file.read_many(ranges))
         except OSError as err:
             raise SlideError(f"{self.source}: cannot read level {level} tiles: {err}") from err
         out = []
@@ -154,9 +159,15 @@ class TiffSlide(Slide):
         for ty, tx in tiles:
             self.tile_box(level, ty, tx)
         handle = self._handle()
+        handle.file.prefetch(self._ranges(handle, level, tiles)[2])
+
+    def _ranges(
+        self, handle: _TiledHandle, level: int, tiles: Sequence[tuple[int, int]]
+    ) -> tuple[_TiledLevel, list[int], list[tuple[int, int]]]:
+        """The level, the tiles' indices in its tile arrays, and the ``(offset, count)`` of those with bytes."""
         lv, columns = handle.tiled[level], self.tile_grid(level)[1]
         index = [ty * columns + tx for ty, tx in tiles]
-        handle.file.prefetch([(int(lv.offsets[i]), int(lv.counts[i])) for i in index if lv.counts[i]])
+        return lv, index, [(int(lv.offsets[i]), int(lv.counts[i])) for i in index if lv.counts[i]]
 
     def _decode(self, level: int, tile: tuple[int, int], lv: _TiledLevel, index: int, data: bytes, h: int, w: int) -> np.ndarray:
         where = f"{self.source}: level {level} tile {tile}"
