@@ -122,6 +122,12 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         return io.BytesIO(body)
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    #: A client fetches a region's tiles concurrently (~100 connections at once): with the
+    #: default backlog of 5, refused SYNs wait out TCP retransmits (seconds per request).
+    request_queue_size = 256
+
+
 @contextmanager
 def range_http_server(root: Path) -> Iterator[str]:
     """An HTTP server over ``root`` with Range support, in a thread; yields its base URL."""
@@ -129,7 +135,7 @@ def range_http_server(root: Path) -> Iterator[str]:
     def handler(*args, **kwargs):
         return _RangeHandler(*args, directory=str(root), **kwargs)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
