@@ -70,7 +70,8 @@ _STATS: dict[str, ReadStats] = {}
 _STATS_LOCK = threading.Lock()
 
 
-def count(source: str, nbytes: int, requests: int = 1) -> None:
+def record_read(source: str, nbytes: int, requests: int = 1) -> None:
+    """Count ``requests`` reads of ``nbytes`` in all against ``source``."""
     with _STATS_LOCK:
         old = _STATS.get(source, ReadStats())
         _STATS[source] = ReadStats(old.bytes + nbytes, old.requests + requests)
@@ -111,8 +112,8 @@ class ByteSource:
     #: Identity of the file's current version (changes when it is rewritten).
     key: Hashable
 
-    def read(self, offset: int, count_: int) -> bytes:
-        return self.read_many([(offset, count_)])[0]
+    def read(self, offset: int, size: int) -> bytes:
+        return self.read_many([(offset, size)])[0]
 
     def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """``(offset, count)`` ranges, in order; a range past the end comes back short."""
@@ -138,7 +139,7 @@ class LocalBytes(ByteSource):
 
     def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         out = [os.pread(self._file.fileno(), n, offset) for offset, n in ranges]
-        count(self.name, sum(map(len, out)), len(out))
+        record_read(self.name, sum(map(len, out)), len(out))
         return out
 
     def stream(self) -> io.BufferedIOBase:
@@ -190,7 +191,7 @@ class RemoteBytes(ByteSource):
         starts = [offset for offset, _ in ranges]
         ends = [min(offset + n, self.size) for offset, n in ranges]
         out = self.fs.cat_ranges([self.path] * len(ranges), starts, ends, on_error="raise")
-        count(self.name, sum(map(len, out)), len(out))
+        record_read(self.name, sum(map(len, out)), len(out))
         return out
 
     def stream(self) -> io.BufferedIOBase:
@@ -249,13 +250,13 @@ def counting_store(source: str, storage_options: dict[str, Any] | None = None) -
         async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
             buf = await self._store.get(key, prototype, byte_range)
             if buf is not None:
-                count(source, len(buf))
+                record_read(source, len(buf))
             return buf
 
         async def get_partial_values(self, prototype: Any, key_ranges: Iterable[tuple[str, Any]]) -> list[Any]:
             bufs = await self._store.get_partial_values(prototype, key_ranges)
             found = [b for b in bufs if b is not None]
-            count(source, sum(len(b) for b in found), len(found))
+            record_read(source, sum(len(b) for b in found), len(found))
             return bufs
 
     if is_url(source):
