@@ -33,6 +33,7 @@ from wsi_ats.outputs import (
     PREDICTIONS_CSV,
     UNJUDGED,
     Row,
+    bytes_columns,
     complete,
     error_row,
     folder_name,
@@ -125,6 +126,9 @@ class SlideOutcome:
     result: SlideResult | None = None
     files: dict[str, bytes] = field(default_factory=dict)
     error: str | None = None
+    #: Bytes this prediction read of the slide (in the process that ran it), and the slide's size.
+    bytes_read: int | None = None
+    slide_bytes: int | None = None
 
 
 def predict_one(
@@ -155,8 +159,9 @@ def predict_one(
     from wsi_ats.engine.plan import plan_slide, thumbnail
     from wsi_ats.outputs.bags import bag_bytes
     from wsi_ats.readers import open_slide
+    from wsi_ats.readers.remote import read_stats, source_size
 
-    start = time.perf_counter()
+    start, before = time.perf_counter(), read_stats(source)
     try:
         net = load_model(model, device) if isinstance(model, (str, os.PathLike)) else model
         with open_slide(source, mpp=mpp) as slide:
@@ -168,7 +173,8 @@ def predict_one(
                 files["features.h5"] = bag_bytes(sampled_bag(net, result, embeddings, slide.mpp))
     except Exception as err:  # noqa: BLE001 - a bad slide fails its row, never the batch
         return SlideOutcome(slide_id, source, time.perf_counter() - start, error=describe_error(err, source))
-    return SlideOutcome(slide_id, source, time.perf_counter() - start, result=result, files=files)
+    seconds, read = time.perf_counter() - start, (read_stats(source) - before).bytes
+    return SlideOutcome(slide_id, source, seconds, result=result, files=files, bytes_read=read, slide_bytes=source_size(source))
 
 
 class Pipeline:
@@ -341,7 +347,7 @@ class Pipeline:
             assert outcome.result is not None
             try:
                 write_slide_folder(out / folder_name(outcome.slide_id), outcome.files)
-                return result_row(outcome.result, outcome.path, outcome.seconds)
+                return result_row(outcome.result, outcome.path, outcome.seconds) | bytes_columns(outcome.bytes_read, outcome.slide_bytes)
             except OSError as err:
                 return error_row(outcome.slide_id, outcome.path, describe_error(err, outcome.path), outcome.seconds)
         return error_row(outcome.slide_id, outcome.path, outcome.error, outcome.seconds)

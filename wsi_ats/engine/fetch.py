@@ -14,6 +14,9 @@ tiles each patch touches — and the dask graph holds only a handful of tasks:
   is cut too). The few patches that then straddle two groups are assembled in one
   extra task from the tiles their groups export. Every tile is decoded exactly
   once per call, whatever the overlap.
+* A group first hints its tiles to the slide (``slide.prefetch_tiles``): a slide behind
+  a URL then fetches all their byte ranges in one round of concurrent requests, so
+  a group waits for the network once, not once per tile.
 * There are ``tasks_per_worker`` groups per worker thread (fewer for small calls:
   at least `MIN_TILES_PER_TASK` tiles each), so task overhead stays far below
   decode time while the workers stay balanced.
@@ -333,7 +336,9 @@ def _decode_group(
     """Decode a group's tiles once while assembling its patches; return them, the exports, the counts."""
     covers = _covers(slide, level, target)
     uses = Counter(t for cover in covers for t in cover)
-    tiles = _LiveTiles(slide, level, uses, {(int(y), int(x)) for y, x in exports})
+    exported = {(int(y), int(x)) for y, x in exports}
+    slide.prefetch_tiles(level, [*uses, *(exported - uses.keys())])  # over a URL: one round of range requests
+    tiles = _LiveTiles(slide, level, uses, exported)
     patches = _assemble(slide, level, target, covers, tiles.use)
     return patches, tiles.export_rest(), tiles.decoded, tiles.nbytes
 

@@ -25,8 +25,9 @@ HEAD_COLUMNS = ("slide_id", "path", "status", "error", "warning", "prediction", 
 #: Head columns a file written before the ``warning`` column existed may lack (read as ``""``).
 OPTIONAL_COLUMNS = ("warning",)
 TAIL_COLUMNS = ("seconds", "patches_fetched")
-#: Columns that change between identical runs; compare runs without them.
-TIMING_COLUMNS = ("seconds",)
+#: Columns that change between identical runs; compare runs without them. ``bytes_read`` is smaller
+#: when the process already holds the slide's parsed header (a batch's worker, a second run in one process).
+TIMING_COLUMNS = ("seconds", "bytes_read")
 PROB_PREFIX = "prob_"
 #: A row's status: predicted; predicted nothing because the slide cannot be judged (``warning`` says why); failed (``error``).
 OK, UNJUDGED, ERROR = "ok", "unjudged", "error"
@@ -70,6 +71,15 @@ def error_row(slide_id: str, path: str, error: str, seconds: float) -> Row:
     }
 
 
+#: Byte accounting of an ok row (`bytes_columns`): what the prediction read of the slide, and the slide's size.
+BYTES_COLUMNS = ("bytes_read", "slide_bytes")
+
+
+def bytes_columns(bytes_read: int | None, slide_bytes: int | None) -> Row:
+    """The byte-accounting cells of an ok row (empty where unknown)."""
+    return {"bytes_read": bytes_read, "slide_bytes": slide_bytes}
+
+
 def columns(rows: list[Row]) -> list[str]:
     """Head columns, every ``prob_<class>`` in order of first appearance, tail, then any others."""
     extra: dict[str, None] = {}
@@ -97,7 +107,7 @@ def _cell(column: str, value: Any) -> str:
 
 
 def _parse(column: str, text: str) -> Any:
-    if column == "patches_fetched":
+    if column == "patches_fetched" or column in BYTES_COLUMNS:
         return int(text) if text else None
     if column in ("probability", "seconds") or column.startswith(PROB_PREFIX):
         return float(text) if text else None

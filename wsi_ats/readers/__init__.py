@@ -3,8 +3,14 @@
 Dispatch:
 
 - a numpy array -> `ArraySlide`;
-- a URL (``scheme://...``) or a directory -> the zarr backend (OME-Zarr 0.4/0.5, plain level groups),
+- a directory -> the zarr backend (OME-Zarr 0.4/0.5, plain level groups),
   except a directory holding a DICOM WSI series (``.dcm`` files) -> OpenSlide;
+- a URL (``s3://``, ``gs://``, ``https://``, any fsspec protocol; `wsi_ats.readers.remote`) -> the TIFF
+  backend reading byte ranges (a ``.tif``/``.tiff``/``.svs`` name, or an object starting with the TIFF
+  magic), else the zarr backend (a ``.zarr`` name or a folder). Formats only OpenSlide reads (NDPI,
+  MRXS, SCN, BIF, DICOM, VMS) are refused with an error saying to copy them locally: OpenSlide reads
+  local files only. ``storage_options`` are fsspec's (credentials, endpoint); without them fsspec's
+  environment applies (``AWS_*``, ``FSSPEC_S3_ENDPOINT_URL``, ...);
 - a file -> the TIFF fast path (`wsi_ats.readers.tiff`) or OpenSlide, decided once per file version:
 
   1. OpenSlide's ``detect_format`` names the vendor. Vendors other than
@@ -45,8 +51,9 @@ from wsi_ats.readers.handles import HandleCache, file_key
 from wsi_ats.readers.openslide import OpenSlideSlide, detect_vendor, dicom_file
 from wsi_ats.readers.openslide import levels_of as openslide_levels
 from wsi_ats.readers.pixels import UnsupportedPixels
+from wsi_ats.readers.remote import is_url, url_to_fs
 from wsi_ats.readers.resolution import apply_resolution
-from wsi_ats.readers.tiff import open_tiff
+from wsi_ats.readers.tiff import local_only, open_tiff
 from wsi_ats.readers.zarr import open_zarr
 
 __all__ = ["BACKENDS", "Level", "Slide", "SlideError", "open_slide"]
@@ -60,16 +67,75 @@ BACKENDS: dict[str, Callable[[str], Slide]] = {
 #: OpenSlide vendors whose files are plain tiled TIFF pyramids the fast path can read.
 TIFF_VENDORS = frozenset({"aperio", "generic-tiff"})
 
+#: URL name endings of formats only OpenSlide reads, and their names.
+OPENSLIDE_ONLY_SUFFIXES = {
+    ".ndpi": "NDPI",
+    ".mrxs": "MIRAX",
+    ".scn": "Leica SCN",
+    ".bif": "Ventana BIF",
+    ".vms": "Hamamatsu VMS",
+    ".vmu": "Hamamatsu VMU",
+    ".dcm": "DICOM",
+}
+_TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".tf2", ".tf8")
+_TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+
 _CHOICES: HandleCache[str] = HandleCache(1024)
 
 
-def open_slide(source: str | os.PathLike | np.ndarray, *, backend: str | None = None, mpp: float | None = None) -> Slide:
+def open_slide(
+    source: str | os.PathLike | np.ndarray,
+    *,
+    backend: str | None = None,
+    mpp: float | None = None,
+    storage_options: dict | None = None,
+) -> Slide:
     """Open a slide file, zarr store (path or URL) or ``H x W x 3`` array; see the module docstring.
 
     ``mpp`` (micrometres per level-0 pixel) overrides the file's resolution; without one the
-    file's is used, else its objective power (`wsi_ats.readers.resolution`).
+    file's is used, else its objective power (`wsi_ats.readers.resolution`). ``storage_options``
+    configure fsspec for a URL (e.g. ``{"endpoint_url": ..., "key": ..., "secret": ...}`` for S3).
     """
+    if not isinstance(source, np.ndarray) and is_url(os.fspath(source)):
+        return apply_resolution(_open_url(os.fspath(source), backend, storage_options), mpp)
     return apply_resolution(_open(source, backend), mpp)
+
+
+def _open_url(url: str, backend: str | None, storage_options: dict | None) -> Slide:
+    if backend not in (None, "tiff", "zarr"):
+        raise ValueError(f"a URL is read by the 'tiff' or 'zarr' backend, not {backend!r} (OpenSlide reads local files only)")
+    fs, path = url_to_fs(url, storage_options)
+    name = path.rstrip("/").lower()
+    only = next((fmt for suffix, fmt in OPENSLIDE_ONLY_SUFFIXES.items() if name.endswith(suffix)), None)
+    if only is not None and backend is None:
+        raise SlideError(local_only(url, only))
+    try:
+        try:
+            info = fs.info(path)  # raises what the server says: missing, denied, ...
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), url) from None
+        if backend is None:
+            backend = _url_backend(url, fs, path, name, info)
+        return open_tiff(url, storage_options) if backend == "tiff" else open_zarr(url, storage_options)
+    except (FileNotFoundError, SlideError):
+        raise
+    except PermissionError as err:
+        raise SlideError(f"{url}: access denied ({err}); check the credentials (storage_options, or AWS_* in the environment)") from err
+    except OSError as err:  # unreachable, ...
+        raise SlideError(f"{url}: cannot read: {err}") from err
+
+
+def _url_backend(url: str, fs, path: str, name: str, info: dict) -> str:
+    """``tiff`` or ``zarr`` for a URL, from its name, else from whether it is a folder or its first bytes."""
+    if name.endswith(_TIFF_SUFFIXES):
+        return "tiff"
+    if name.endswith(".zarr") or info.get("type") == "directory":
+        return "zarr"
+    if fs.cat_file(path, start=0, end=4) in _TIFF_MAGIC:
+        return "tiff"
+    raise SlideError(
+        f"{url}: not a TIFF or zarr store; other formats are read by OpenSlide, which reads local files only: copy the slide to a local disk"
+    )
 
 
 def _open(source: str | os.PathLike | np.ndarray, backend: str | None) -> Slide:
@@ -80,10 +146,7 @@ def _open(source: str | os.PathLike | np.ndarray, backend: str | None) -> Slide:
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)} or 'array' for numpy arrays")
     source = os.fspath(source)
-    if "://" in source:
-        _require_url(source)
-        backend = backend or "zarr"
-    elif not os.path.exists(source):
+    if not os.path.exists(source):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), source)
     try:
         if backend is None:
@@ -119,14 +182,3 @@ def _choose(path: str) -> str:
     except SlideError:  # OpenSlide names the vendor yet refuses the file (e.g. a compression it lacks)
         return "tiff"
     return "tiff" if all(lv.shape in shapes for lv in wanted) else "openslide"
-
-
-def _require_url(url: str) -> None:
-    import fsspec
-
-    try:
-        fs, path = fsspec.core.url_to_fs(url)
-    except (ImportError, ValueError) as err:  # unknown protocol, or its filesystem package is missing
-        raise SlideError(f"{url}: cannot open this URL: {err}") from err
-    if not fs.exists(path):
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), url)

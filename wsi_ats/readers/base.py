@@ -80,6 +80,8 @@ class Slide(abc.ABC):
         self.mpp_source = "file" if mpp is not None else "unknown"
         #: The resolution the caller gave `open_slide` (kept when the slide is pickled and reopened).
         self.given_mpp: float | None = None
+        #: fsspec options (credentials, endpoint) of a URL source, kept when the slide is pickled and reopened.
+        self.storage_options: dict | None = None
         self.properties = dict(properties or {})
 
     # -- hooks -----------------------------------------------------------------
@@ -94,6 +96,13 @@ class Slide(abc.ABC):
         and `wsi_ats.engine.fetch` call, so each tile is decoded exactly once there.
         """
         return self._read(level, *self.tile_box(level, ty, tx))
+
+    def read_tiles(self, level: int, tiles: list[tuple[int, int]]) -> list[np.ndarray]:
+        """Several tiles of one level; a backend that reads by byte range requests them all at once."""
+        return [self.read_tile(level, ty, tx) for ty, tx in tiles]
+
+    def prefetch_tiles(self, level: int, tiles: list[tuple[int, int]]) -> None:
+        """A hint that these tiles are read next: a remote backend fetches their bytes in one round."""
 
     def close(self) -> None:
         """Release native handles; reads after close may reopen lazily or fail, by backend."""
@@ -205,7 +214,8 @@ class Slide(abc.ABC):
             raise TypeError(f"{self.name} has no source path and cannot be pickled")
         from wsi_ats.readers import open_slide
 
-        return (functools.partial(open_slide, backend=self.backend, mpp=self.given_mpp), (self.source,))
+        options = {"storage_options": self.storage_options} if self.storage_options else {}
+        return (functools.partial(open_slide, backend=self.backend, mpp=self.given_mpp, **options), (self.source,))
 
     def __enter__(self) -> "Slide":
         return self

@@ -118,6 +118,10 @@ class ScaledSlide(Slide):
             blit(out, (y, x), self.read_tile(level, ty, tx), (ty * th, tx * tw))
         return out
 
+    def prefetch_tiles(self, level: int, tiles: list[tuple[int, int]]) -> None:
+        if level not in self.resampled:  # the base's own tiles: a remote base fetches them in one round
+            self.base.prefetch_tiles(level, tiles)
+
     def read_tile(self, level: int, ty: int, tx: int) -> np.ndarray:
         if level not in self.resampled:
             return self.base.read_tile(level, ty, tx)

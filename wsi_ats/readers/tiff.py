@@ -7,6 +7,12 @@ the tile's compressed bytes (thread-safe, releases the GIL) and tifffile's
 ``page.decode`` (imagecodecs, which honours JPEGTables and releases the GIL), so
 many threads decode at once from one handle.
 
+The same code reads a TIFF behind a URL (`wsi_ats.readers.remote`): tifffile parses the
+header through a buffered range-reading stream, and tile reads become byte-range requests,
+those of one `TiffSlide.read_tiles` (a region) or `prefetch_tiles` (a fetch task) in flight
+together. TIFF-based formats only OpenSlide reads (NDPI, SCN, Philips, BIF) are refused
+over a URL with a "copy it locally" error; locally `open_slide` sends them to OpenSlide.
+
 Levels: the main series' pyramid (``series[0].levels``: OME and other SubIFD
 pyramids) plus the top-level tiled directories OpenSlide counts as levels: every
 tiled one in an Aperio file, ``subfiletype`` reduced-resolution ones otherwise.
@@ -38,9 +44,8 @@ placeholder); properties carry ``aperio.*``, ``tiff.*`` and OpenSlide's keys.
 
 from __future__ import annotations
 
-import io
-import os
 import xml.etree.ElementTree as ET
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +54,10 @@ import tifffile
 from tifffile import TIFF
 
 from wsi_ats.readers.base import Level, Slide, SlideError, blit
-from wsi_ats.readers.handles import FileKey, HandleCache, check_unchanged, file_key
+from wsi_ats.readers.handles import HandleCache
 from wsi_ats.readers.metadata import downsample, mean_mpp, openslide_properties, parse_float, to_microns
 from wsi_ats.readers.pixels import check_samples, to_rgb
+from wsi_ats.readers.remote import ByteSource, is_url, open_bytes, source_key
 from wsi_ats.readers.zarr import Pyramid, ZarrSlide, pyramid_levels
 
 #: Parsed TIFF files kept open per process.
@@ -87,9 +93,9 @@ class _TiledLevel:
 
 @dataclass(frozen=True)
 class _TiledHandle:
-    """An open file (read with ``os.pread``) and its parsed tiled pyramid."""
+    """An open file (local or remote, read by byte range) and its parsed tiled pyramid."""
 
-    file: io.FileIO
+    file: ByteSource
     tiled: tuple[_TiledLevel, ...]
     levels: tuple[Level, ...]
     mpp: float | None
@@ -99,15 +105,19 @@ class _TiledHandle:
 _HANDLES: HandleCache[_TiledHandle | Pyramid] = HandleCache(MAX_OPEN)
 
 
-def open_tiff(path: str) -> Slide:
-    """A TIFF as a `TiffSlide` (tiled fast path) or, failing that, a `ZarrSlide` on tifffile's zarr view."""
-    key = file_key(path)
-    handle = _cached(path, key)
-    return TiffSlide(path, key, handle) if isinstance(handle, _TiledHandle) else ZarrSlide(path, handle)
+def open_tiff(path: str, storage_options: dict[str, Any] | None = None) -> Slide:
+    """A TIFF (path or URL) as a `TiffSlide` (tiled fast path) or, failing that, a `ZarrSlide` on tifffile's zarr view."""
+    key = source_key(path, storage_options)
+    handle = _cached(path, key, storage_options)
+    if isinstance(handle, _TiledHandle):
+        return TiffSlide(path, key, handle, storage_options)
+    slide = ZarrSlide(path, handle)
+    slide.storage_options = storage_options
+    return slide
 
 
-def _cached(path: str, key: FileKey) -> _TiledHandle | Pyramid:
-    return _HANDLES.get(key, lambda: _open(path, key))
+def _cached(path: str, key: Hashable, storage_options: dict[str, Any] | None) -> _TiledHandle | Pyramid:
+    return _HANDLES.get(key, lambda: _open(path, key, storage_options))
 
 
 class TiffSlide(Slide):
@@ -115,37 +125,66 @@ class TiffSlide(Slide):
 
     backend = "tiff"
 
-    def __init__(self, path: str, key: FileKey, handle: _TiledHandle) -> None:
+    def __init__(self, path: str, key: Hashable, handle: _TiledHandle, storage_options: dict[str, Any] | None = None) -> None:
         self._key = key
         super().__init__(path, handle.levels, handle.mpp, handle.properties)
+        self.storage_options = storage_options
 
     def _handle(self) -> _TiledHandle:
-        handle = _cached(self.source, self._key)
+        handle = _cached(self.source, self._key, self.storage_options)
         assert isinstance(handle, _TiledHandle)
         return handle
 
     def read_tile(self, level: int, ty: int, tx: int) -> np.ndarray:
-        _, _, h, w = self.tile_box(level, ty, tx)
+        return self.read_tiles(level, [(ty, tx)])[0]
+
+    def read_tiles(self, level: int, tiles: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Several tiles of a level: their byte ranges are requested together (in flight at once over a URL)."""
+        boxes = [self.tile_box(level, ty, tx) for ty, tx in tiles]  # checks each tile lies in the level
         handle = self._handle()
-        lv, index = handle.tiled[level], ty * self.tile_grid(level)[1] + tx
-        count = int(lv.counts[index])
-        if count == 0:
-            return np.full((h, w, 3), 255, np.uint8)
-        where = f"{self.source}: level {level} tile ({ty}, {tx})"
-        data = os.pread(handle.file.fileno(), count, int(lv.offsets[index]))
-        if len(data) != count:
+        lv, index, ranges = self._ranges(handle, level, tiles)
+        try:
+            data = iter(handle.file.read_many(ranges))
+        except OSError as err:
+            raise SlideError(f"{self.source}: cannot read level {level} tiles: {err}") from err
+        out = []
+        for tile, i, (_, _, h, w) in zip(tiles, index, boxes):
+            if lv.counts[i]:
+                out.append(self._decode(level, tile, lv, i, next(data), h, w))
+            else:  # a sparse tile
+                out.append(np.full((h, w, 3), 255, np.uint8))
+        return out
+
+    def prefetch_tiles(self, level: int, tiles: Sequence[tuple[int, int]]) -> None:
+        for ty, tx in tiles:
+            self.tile_box(level, ty, tx)
+        handle = self._handle()
+        handle.file.prefetch(self._ranges(handle, level, tiles)[2])
+
+    def _ranges(
+        self, handle: _TiledHandle, level: int, tiles: Sequence[tuple[int, int]]
+    ) -> tuple[_TiledLevel, list[int], list[tuple[int, int]]]:
+        """The level, the tiles' indices in its tile arrays, and the ``(offset, count)`` of those with bytes."""
+        lv, columns = handle.tiled[level], self.tile_grid(level)[1]
+        index = [ty * columns + tx for ty, tx in tiles]
+        return lv, index, [(int(lv.offsets[i]), int(lv.counts[i])) for i in index if lv.counts[i]]
+
+    def _decode(self, level: int, tile: tuple[int, int], lv: _TiledLevel, index: int, data: bytes, h: int, w: int) -> np.ndarray:
+        where = f"{self.source}: level {level} tile {tile}"
+        if len(data) != int(lv.counts[index]):
             raise SlideError(f"{where}: file ends inside the tile (truncated?)")
         try:
-            tile = lv.page.decode(data, index, jpegtables=lv.page.jpegtables)[0]
+            tile_ = lv.page.decode(data, index, jpegtables=lv.page.jpegtables)[0]
         except Exception as err:  # imagecodecs raises a different class per codec
             raise SlideError(f"{where}: cannot decode: {err}") from err
-        return to_rgb(tile[0, :h, :w], premultiplied=lv.premultiplied)
+        return to_rgb(tile_[0, :h, :w], premultiplied=lv.premultiplied)
 
     def _read(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         out = np.empty((h, w, 3), np.uint8)
         th, tw = self.tile_shape(level)
-        for ty, tx in self.tiles_covering(level, (y, x), (h, w)):
-            blit(out, (y, x), self.read_tile(level, ty, tx), (ty * th, tx * tw))
+        tiles = list(self.tiles_covering(level, (y, x), (h, w)))
+        for (ty, tx), pixels in zip(tiles, self.read_tiles(level, tiles)):
+            blit(out, (y, x), pixels, (ty * th, tx * tw))
         return out
 
     def close(self) -> None:
@@ -154,11 +193,15 @@ class TiffSlide(Slide):
 
 
 # -- opening -------------------------------------------------------------------
-def _open(path: str, key: FileKey) -> _TiledHandle | Pyramid:
-    check_unchanged(path, key)
-    file = open(path, "rb", buffering=0)
+def _open(path: str, key: Hashable, storage_options: dict[str, Any] | None) -> _TiledHandle | Pyramid:
+    file = open_bytes(path, storage_options)
+    if file.key != key:  # levels would not match the slide's
+        file.close()
+        raise SlideError(f"{path}: changed since it was opened")
     try:
-        tf = tifffile.TiffFile(file, name=path)
+        tf = tifffile.TiffFile(file.stream(), name=path)
+        if is_url(path):
+            _check_tiff_vendor(path, tf)
         _check_grey_samples(path, tf)
         pages = _fast_path_pages(tf)
         return _tiled_handle(path, file, tf, pages) if pages else _zarr_pyramid(path, tf)
@@ -208,8 +251,8 @@ def _tile_decodable(page: tifffile.TiffPage) -> bool:
     )
 
 
-def _tiled_handle(path: str, file: io.FileIO, tf: tifffile.TiffFile, pages: list[tifffile.TiffPage]) -> _TiledHandle:
-    size = os.fstat(file.fileno()).st_size
+def _tiled_handle(path: str, file: ByteSource, tf: tifffile.TiffFile, pages: list[tifffile.TiffPage]) -> _TiledHandle:
+    size = file.size
     tiled = []
     for i, page in enumerate(pages):
         offsets = np.asarray(page.dataoffsets, np.int64)
@@ -223,7 +266,7 @@ def _tiled_handle(path: str, file: io.FileIO, tf: tifffile.TiffFile, pages: list
         Level(shape, downsample(shapes[0], shape), (p.tilelength, p.tilewidth)) for shape, p in zip(shapes, pages)
     )
     mpp, properties = _metadata(tf, levels)
-    tf.close()  # the pages keep what decoding needs; `file` stays open for pread
+    tf.close()  # the pages keep what decoding needs; `file` stays open for range reads
     return _TiledHandle(file, tuple(tiled), levels, mpp, properties)
 
 
@@ -239,6 +282,22 @@ def _zarr_pyramid(path: str, tf: tifffile.TiffFile) -> Pyramid:
     levels = pyramid_levels(path, arrays, axes, [downsample(yx[0], s) for s in yx])
     mpp, properties = _metadata(tf, levels)
     return Pyramid(arrays, axes, levels, mpp, properties, backend="tiff", premultiplied=_premultiplied(series.keyframe))
+
+
+#: tifffile's flags for TIFF-based vendor formats only OpenSlide reads (their levels, overlaps, sparse regions).
+_OPENSLIDE_ONLY = {"is_ndpi": "NDPI", "is_scn": "Leica SCN", "is_philips": "Philips TIFF", "is_bif": "Ventana BIF"}
+
+
+def _check_tiff_vendor(url: str, tf: tifffile.TiffFile) -> None:
+    """Refuse, over a URL, TIFF-based formats that only OpenSlide reads (it reads local files only)."""
+    for flag, name in _OPENSLIDE_ONLY.items():
+        if getattr(tf, flag, False):
+            raise SlideError(local_only(url, name))
+
+
+def local_only(url: str, name: str) -> str:
+    """The error for a format OpenSlide must read, given as a URL."""
+    return f"{url}: {name} slides are read by OpenSlide, which reads local files only; copy the slide to a local disk and give that path"
 
 
 def _premultiplied(page: tifffile.TiffPage) -> bool:

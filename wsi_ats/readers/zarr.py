@@ -121,9 +121,11 @@ class ZarrSlide(Slide):
 _PYRAMIDS: HandleCache[Pyramid] = HandleCache(MAX_OPEN)
 
 
-def open_zarr(source: str) -> ZarrSlide:
-    """An OME-Zarr or plain level group at a local path or fsspec URL."""
-    return ZarrSlide(source, _PYRAMIDS.get(_store_key(source), lambda: _load(source)))
+def open_zarr(source: str, storage_options: dict[str, Any] | None = None) -> ZarrSlide:
+    """An OME-Zarr or plain level group at a local path or fsspec URL (its reads counted: `remote.read_stats`)."""
+    slide = ZarrSlide(source, _PYRAMIDS.get(_store_key(source), lambda: _load(source, storage_options)))
+    slide.storage_options = storage_options
+    return slide
 
 
 def _store_key(source: str) -> tuple:
@@ -134,9 +136,11 @@ def _store_key(source: str) -> tuple:
     return (os.path.realpath(source), stamps)
 
 
-def _load(source: str) -> Pyramid:
+def _load(source: str, storage_options: dict[str, Any] | None) -> Pyramid:
+    from wsi_ats.readers.remote import counting_store
+
     try:
-        group = zarr.open_group(source, mode="r")
+        group = zarr.open_group(counting_store(source, storage_options), mode="r")
         attrs = group.attrs.asdict()
     except (zarr.errors.BaseZarrError, OSError, ValueError) as err:
         raise SlideError(f"{source}: not a zarr group: {err}") from err
