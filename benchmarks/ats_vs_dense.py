@@ -167,10 +167,8 @@ def _child(method: str, net: str, slide_path: Path, run_dir: Path, repeats: int,
 
 def measure(net: str, path: Path, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Both methods with ``net``'s models on the slide at ``path``, each in a fresh process, and their ratios."""
-    m = {
-        method: run_child(__file__, ["--child", method, "--net", net, path, "--run", run_dir, "--repeats", args.repeats, "--seed", args.seed])
-        for method in ("ats", "dense")
-    }  # fmt: skip
+    options = ["--net", net, path, "--run", run_dir, "--repeats", args.repeats, "--seed", args.seed]
+    m = {method: run_child(__file__, ["--child", method, *options]) for method in ("ats", "dense")}
     return {
         "ats": m["ats"], "dense": m["dense"],
         "speedup": round(m["dense"]["seconds_best"] / m["ats"]["seconds_best"], 2),
@@ -235,8 +233,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.save(head.state_dict(), run_dir / "recipe-dense_head.pt")
         save_timing_models(cfg.model, model.class_names, run_dir, args.seed)
 
-        ats_eval = evaluate(model, held_out, seed=args.seed, draws=cfg.train.eval_draws, topk=cfg.train.eval_topk,
-                            truth=truth_boxes(manifest.parent / "annotations", [r.slide_id for r in held_out]))
+        ats_eval = evaluate(
+            model,
+            held_out,
+            seed=args.seed,
+            draws=cfg.train.eval_draws,
+            topk=cfg.train.eval_topk,
+            truth=truth_boxes(manifest.parent / "annotations", [r.slide_id for r in held_out]),
+        )
         dense_correct = []
         for row in held_out:
             with open_slide(row.path) as slide:
@@ -284,7 +288,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"{accuracy['ats']:.3f} vs {accuracy['dense']:.3f}", f"ATS >= dense - {TARGET_ACCURACY_GAP}", met["accuracy"]),
         summary_row("share of ATS patches on a lesion or mimic, held-out slides (uniform draws over the tissue)",
                     f"{ats_eval['patches_on_truth']:.2f} (uniform {ats_eval['patches_on_truth_uniform']:.2f})"),
-        summary_row(f"patches per slide at {side}, ATS vs dense", f"{largest['recipe']['ats']['patches']} vs {largest['recipe']['dense']['patches']}"),
+        summary_row(f"patches per slide at {side}, ATS vs dense",
+                    f"{largest['recipe']['ats']['patches']} vs {largest['recipe']['dense']['patches']}"),
         summary_row(f"peak RSS MiB at {side}, ATS vs dense",
                     "; ".join(f"{label[net].split(' ')[0]}: {largest[net]['ats']['peak_rss_mib']:.0f} vs "
                               f"{largest[net]['dense']['peak_rss_mib']:.0f}" for net in NETS)),
@@ -297,29 +302,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "recipe": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
         "setup": {
-            "cohort": {**{k: list(v) if isinstance(v, tuple) else v for k, v in cohort.items()},
-                       "train": len(train_rows), "held_out": len(held_out), "seconds": round(cohort_s, 1),
-                       "as": "wsi_ats.demo.DEMO_COHORT (n, size and seed from the arguments)"},
+            "cohort": {
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in cohort.items()},
+                "train": len(train_rows),
+                "held_out": len(held_out),
+                "seconds": round(cohort_s, 1),
+                "as": "wsi_ats.demo.DEMO_COHORT (n, size and seed from the arguments)",
+            },
             "accuracy_on": f"{len(held_out)} held-out {args.train_size}^2 slides (val + test splits of the cohort)",
             "timing_on": "one positive synthetic slide per size (wsi_ats.synth, JPEG TIFF), each method and net in a fresh process",
             "nets": {
                 "recipe": f"feature net {recipe_net}, the recipe's: ATS trained {len(metrics['epochs'])} epochs (the recipe's "
-                          "budget); dense uses the trained ATS feature net (frozen) and a CLAM-style gated-attention pooling "
-                          f"head trained until its training loss converged: {head_log['epochs']} epochs (stopped by "
-                          f"{head_log['stopped']}); accuracy and time",
+                "budget); dense uses the trained ATS feature net (frozen) and a CLAM-style gated-attention pooling "
+                f"head trained until its training loss converged: {head_log['epochs']} epochs (stopped by "
+                f"{head_log['stopped']}); accuracy and time",
                 timing_net: f"feature net {timing_net} ({TIMING_FEATURES.kwargs or 'default parameters'}) in place of the "
-                            "recipe's, everything else the recipe's; untrained weights (cost does not depend on them): "
-                            "time, patches and RSS only, its probabilities mean nothing",
+                "recipe's, everything else the recipe's; untrained weights (cost does not depend on them): "
+                "time, patches and RSS only, its probabilities mean nothing",
             },
             "ats": f"ATSModel from the recipe, n = {model.n_patches}",
             "dense": "every tissue tile of the high level through the feature net, gated-attention pooling, linear classifier",
             "patch_size": model.patch_size,
-            "repeats": f"{args.repeats} timed predictions per slide, method and net, the best kept (the least disturbed by other processes)",
+            "repeats": f"{args.repeats} timed predictions per slide, method and net, "
+            "the best kept (the least disturbed by other processes)",
         },  # fmt: skip
         "training": {
-            "ats_seconds": round(ats_train_s, 1), "ats_seconds_per_step": metrics.get("seconds_per_step"),
+            "ats_seconds": round(ats_train_s, 1),
+            "ats_seconds_per_step": metrics.get("seconds_per_step"),
             "ats_last_epoch": metrics["epochs"][-1],
-            "dense_feature_seconds": round(features_s, 1), "dense_seconds": round(dense_train_s, 1), "dense_head": head_log,
+            "dense_feature_seconds": round(features_s, 1),
+            "dense_seconds": round(dense_train_s, 1),
+            "dense_head": head_log,
             "dense_tiles_per_training_slide": round(float(np.mean([len(b[0]) for b in bags])), 1),
         },  # fmt: skip
         "accuracy": accuracy,
@@ -347,7 +360,13 @@ def plot(result: dict[str, Any], path: Path) -> Path:
             if net == "recipe":  # the same count for every net
                 patch_ax.plot(area, [s[net][method]["patches"] for s in sizes], label=label.split(",")[0], **style)
         for s in sizes:
-            time_ax.annotate(f"{s[net]['speedup']:.1f}x", (s["megapixels"], s[net]["dense"]["seconds_best"]), textcoords="offset points", xytext=(-8, 6), fontsize=8)
+            time_ax.annotate(
+                f"{s[net]['speedup']:.1f}x",
+                (s["megapixels"], s[net]["dense"]["seconds_best"]),
+                textcoords="offset points",
+                xytext=(-8, 6),
+                fontsize=8,
+            )
     for ax, title in ((time_ax, "seconds per slide"), (patch_ax, "patches / tiles through the feature net"), (rss_ax, "peak RSS (MiB)")):
         ax.set_xscale("log")
         ax.set_yscale("linear" if ax is rss_ax else "log")

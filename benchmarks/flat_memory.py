@@ -53,6 +53,8 @@ from harness import (
 RECIPE = ROOT / "pipelines" / "synthetic_wsi.toml"
 #: Large over small slide: peak RSS and time per slide at most these (issue 10).
 TARGET_RSS_RATIO, TARGET_TIME_RATIO = 1.2, 1.5
+
+
 def _child(path: Path, repeats: int, seed: int, recipe: Path) -> dict[str, Any]:
     """Runs in a fresh process: the recipe's model predicts one slide; time, plan time and peak RSS."""
     import torch
@@ -127,14 +129,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "target": {"peak_rss_ratio_max": TARGET_RSS_RATIO, "time_ratio_max": TARGET_TIME_RATIO},
         "meets_target": {"peak_rss": rss_ratio <= TARGET_RSS_RATIO, "time": time_ratio <= TARGET_TIME_RATIO},
         "summary": [
-            summary_row(f"peak RSS {b['shape'][0]}^2 / {a['shape'][0]}^2, same tissue and n",
-                        f"{rss_ratio:.2f}x ({b['peak_rss_mib']:.0f} / {a['peak_rss_mib']:.0f} MiB)",
-                        f"<= {TARGET_RSS_RATIO}x", rss_ratio <= TARGET_RSS_RATIO),
-            summary_row(f"seconds per slide {b['shape'][0]}^2 / {a['shape'][0]}^2",
-                        f"{time_ratio:.2f}x ({b['seconds_best']:.2f} / {a['seconds_best']:.2f} s; plan "
-                        f"{b['plan_seconds']:.2f} / {a['plan_seconds']:.2f} s; CPU seconds "
-                        f"{b['cpu_seconds_best'] / a['cpu_seconds_best']:.2f}x)", f"<= {TARGET_TIME_RATIO}x",
-                        time_ratio <= TARGET_TIME_RATIO),
+            summary_row(
+                f"peak RSS {b['shape'][0]}^2 / {a['shape'][0]}^2, same tissue and n",
+                f"{rss_ratio:.2f}x ({b['peak_rss_mib']:.0f} / {a['peak_rss_mib']:.0f} MiB)",
+                f"<= {TARGET_RSS_RATIO}x",
+                rss_ratio <= TARGET_RSS_RATIO,
+            ),
+            summary_row(
+                f"seconds per slide {b['shape'][0]}^2 / {a['shape'][0]}^2",
+                f"{time_ratio:.2f}x ({b['seconds_best']:.2f} / {a['seconds_best']:.2f} s; plan "
+                f"{b['plan_seconds']:.2f} / {a['plan_seconds']:.2f} s; CPU seconds "
+                f"{b['cpu_seconds_best'] / a['cpu_seconds_best']:.2f}x)",
+                f"<= {TARGET_TIME_RATIO}x",
+                time_ratio <= TARGET_TIME_RATIO,
+            ),
         ],  # fmt: skip
     }
 
@@ -168,7 +176,19 @@ def markdown(result: dict[str, Any]) -> str:
         for s in result["slides"].values()
     ]  # fmt: skip
     table = markdown_table(
-        ["slide", "levels", "low level", "attention cells", "n", "s / slide", "plan s", "baseline RSS MiB", "peak after plan MiB", "peak RSS MiB"], rows
+        [
+            "slide",
+            "levels",
+            "low level",
+            "attention cells",
+            "n",
+            "s / slide",
+            "plan s",
+            "baseline RSS MiB",
+            "peak after plan MiB",
+            "peak RSS MiB",
+        ],
+        rows,
     )
     return (
         f"{table}\n\nlarge / small: peak RSS x{result['peak_rss_ratio']} (target <= {TARGET_RSS_RATIO}), "

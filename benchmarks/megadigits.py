@@ -77,8 +77,7 @@ def _measure(recipe: Recipe, *, quick: bool, config: Path) -> dict[str, Any]:
     started, info = time.perf_counter(), machine_info()  # the load average before the run
     results = run_experiment(recipe, log=lambda line: print(line, flush=True))
     scaling = {
-        str(canvas): {name: cost_at_canvas(name, canvas, recipe) for name in ("ats", "full")}
-        for canvas in recipe.experiment.cost_canvases
+        str(canvas): {name: cost_at_canvas(name, canvas, recipe) for name in ("ats", "full")} for canvas in recipe.experiment.cost_canvases
     }
     return {
         "benchmark": "megadigits",
@@ -123,8 +122,10 @@ def summary(report: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown(report: dict[str, Any]) -> str:
     """The results as a markdown table (one row per model), then the cost-vs-canvas table."""
     lines = [
-        ("| model | test error | train error | ms / sample (fwd+bwd) | CPU ms / sample "
-        "| activation MiB / sample | pixels read / sample | epochs | training s |"),
+        (
+            "| model | test error | train error | ms / sample (fwd+bwd) | CPU ms / sample "
+            "| activation MiB / sample | pixels read / sample | epochs | training s |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in MODELS:
@@ -135,8 +136,11 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {row['activation_mib_per_sample']:.2f} "
             f"| {row['pixels_per_sample']:,} | {row['epochs']} | {row['train_seconds']:.0f} |"
         )
-    lines += ["", ("| canvas | ATS ms | full ms | ATS MiB | full MiB | time ratio (wall) | time ratio (CPU) "
-              "| memory ratio |"), "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        ("| canvas | ATS ms | full ms | ATS MiB | full MiB | time ratio (wall) | time ratio (CPU) | memory ratio |"),
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for canvas, costs in report["cost_vs_canvas"].items():
         ats, full = costs["ats"], costs["full"]
         lines.append(

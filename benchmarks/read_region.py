@@ -47,9 +47,7 @@ def texture(size: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     block = 2048
     yy, xx = np.mgrid[0:block, 0:block].astype(np.float32)
-    base = np.stack(
-        [200 - 60 * np.sin(xx / 41) ** 2, 150 + 50 * np.cos(yy / 29), 190 + 30 * np.sin((xx + yy) / 57)], axis=-1
-    )
+    base = np.stack([200 - 60 * np.sin(xx / 41) ** 2, 150 + 50 * np.cos(yy / 29), 190 + 30 * np.sin((xx + yy) / 57)], axis=-1)
     base += rng.normal(0, 18, base.shape).astype(np.float32)
     block_img = np.clip(base, 0, 255).astype(np.uint8)
     reps = -(-size // block)
@@ -58,8 +56,7 @@ def texture(size: int, seed: int) -> np.ndarray:
 
 def write_svs(path: Path, image: np.ndarray) -> None:
     description = (
-        f"Aperio Image Library v12.0.0 \n{image.shape[1]}x{image.shape[0]} [0,0 {TILE}x{TILE}] JPEG/RGB Q=90"
-        "|AppMag = 40|MPP = 0.25"
+        f"Aperio Image Library v12.0.0 \n{image.shape[1]}x{image.shape[0]} [0,0 {TILE}x{TILE}] JPEG/RGB Q=90|AppMag = 40|MPP = 0.25"
     )
     tifffile.imwrite(
         path,
@@ -188,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "results": rows,
         "summary": [
-            summary_row(f"{mode} reads per second, 2 threads ({args.size}^2 slide)",
-                        ", ".join(f"{name} {per_s[mode, name]:.0f}" for name in slides))
+            summary_row(
+                f"{mode} reads per second, 2 threads ({args.size}^2 slide)", ", ".join(f"{name} {per_s[mode, name]:.0f}" for name in slides)
+            )
             for mode in ("patch", "tile")
         ],  # fmt: skip
     }

@@ -219,7 +219,9 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     base = [m["baseline_rss_mib"] for m in runs.values()]
     rss_ax.bar(names, base, label="after imports + model", color="tab:gray")
     rss_ax.bar(names, [m["peak_rss_mib"] - b for m, b in zip(runs.values(), base)], bottom=base, label="prediction", color="tab:orange")
-    rss_ax.axhline(TARGET_RSS_RATIO * native["peak_rss_mib"], color="tab:red", ls="--", lw=1, label=f"{TARGET_RSS_RATIO}x native (first run)")
+    rss_ax.axhline(
+        TARGET_RSS_RATIO * native["peak_rss_mib"], color="tab:red", ls="--", lw=1, label=f"{TARGET_RSS_RATIO}x native (first run)"
+    )
     rss_ax.set_ylabel("peak RSS (MiB)")
     for ax in (time_ax, rss_ax):
         ax.tick_params(axis="x", labelsize=7)
@@ -234,7 +236,9 @@ def markdown(result: dict[str, Any]) -> str:
          f"{m['cpu_seconds_best']:.2f}", f"{r['cpu_time']:.2f}x", f"{m['peak_rss_mib']:.0f}", f"{r['peak_rss']:.2f}x"]
         for (name, m), r in zip(result["runs"].items(), result["ratios_to_native"].values())
     ]  # fmt: skip
-    table = markdown_table(["run", "file levels", "resampled", "s / slide", "vs native", "CPU s", "vs native", "peak RSS MiB", "vs native"], rows)
+    table = markdown_table(
+        ["run", "file levels", "resampled", "s / slide", "vs native", "CPU s", "vs native", "peak RSS MiB", "vs native"], rows
+    )
     met = ", ".join(f"{r['metric']}: {'yes' if r['met'] else 'NO'}" for r in result["summary"] if r["met"] is not None)
     return f"{table}\n\ntargets: {met}\n{machine_line(result['machine'])}"
 

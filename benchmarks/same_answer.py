@@ -45,8 +45,15 @@ def demo_model(folder: Path, quick: bool = False) -> tuple[Path, Path]:
         make_cohort(folder / "cohort", **cohort, progress=False)
     if not model.exists():
         rows = read_manifest(manifest)
-        train(rows, recipe("synthetic_wsi"), folder / "run", seed=0, epochs=1 if quick else None, progress=False,
-              truth=truth_boxes(manifest.parent / "annotations", [r.slide_id for r in rows]))
+        train(
+            rows,
+            recipe("synthetic_wsi"),
+            folder / "run",
+            seed=0,
+            epochs=1 if quick else None,
+            progress=False,
+            truth=truth_boxes(manifest.parent / "annotations", [r.slide_id for r in rows]),
+        )
     return model, manifest
 
 
@@ -101,7 +108,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "draws": args.draws,
         "slides": slides,
         "summary": [
-            summary_row("same class as the original, every slide x storage (by microns)", f"{same}/{total}", f"{total}/{total}", same == total),
+            summary_row(
+                "same class as the original, every slide x storage (by microns)", f"{same}/{total}", f"{total}/{total}", same == total
+            ),
             summary_row("largest probability gap to the original (by microns)", round(gap, 4)),
             summary_row("same class, reading by downsample only (the old rule)", f"{old_same}/{old_total}"),
         ],
@@ -123,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, result)
     for row in result["summary"]:
         print(f"{row['metric']}: {row['value']}")
-    print(json.dumps({s["slide_id"]: {k: v["prediction"] for k, v in s.items() if isinstance(v, dict)} for s in result["slides"]}, indent=1))
+    print(
+        json.dumps({s["slide_id"]: {k: v["prediction"] for k, v in s.items() if isinstance(v, dict)} for s in result["slides"]}, indent=1)
+    )
     return 0
 
 

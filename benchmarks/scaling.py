@@ -156,8 +156,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     table = markdown_table(
         ["configuration", "torch threads / worker", "seconds", "slides / s", "idle per slide (ms)"],
-        [[r["config"], r["torch_threads"] or "all", f"{r['seconds']:.2f}", f"{r['slides_per_s']:.2f}",
-          f"{r['idle_s_per_slide'] * 1000:.0f}"] for r in result["results"]],
+        [
+            [
+                r["config"],
+                r["torch_threads"] or "all",
+                f"{r['seconds']:.2f}",
+                f"{r['slides_per_s']:.2f}",
+                f"{r['idle_s_per_slide'] * 1000:.0f}",
+            ]
+            for r in result["results"]
+        ],
     )
     return "\n".join([
         table, "",

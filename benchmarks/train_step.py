@@ -149,14 +149,24 @@ def run(size: int, steps: int, rounds: int, config: Path, threads: int | None = 
         "target": {"same_tissue_step_time_ratio_max": TARGET_TIME_RATIO, "same_tissue_peak_rss_ratio_max": TARGET_RSS_RATIO},
         "meets_target": {"step_time": time_ok, "peak_rss": rss_ok},
         "summary": [
-            summary_row(f"training step, same tissue on a 4x-area slide ({b['slide_shape'][0]}^2 holding the {a['slide_shape'][0]}^2 one), same n",
-                        f"{same['step_seconds']}x ({b['step_seconds']:.3f} / {a['step_seconds']:.3f} s; attention part "
-                        f"{same['attention_seconds']}x)", f"<= {TARGET_TIME_RATIO}x", time_ok),
-            summary_row("peak RSS, same tissue on a 4x-area slide",
-                        f"{same['peak_rss_mib']}x ({b['peak_rss_mib']:.0f} / {a['peak_rss_mib']:.0f} MiB)", f"<= {TARGET_RSS_RATIO}x", rss_ok),
-            summary_row(f"training step, {more['tissue_cells']}x tissue cells on a 4x-area slide ({c['slide_shape'][0]}^2)",
-                        f"{more['step_seconds']}x ({c['step_seconds']:.3f} s; attention part {more['attention_seconds']}x, "
-                        f"peak RSS {more['peak_rss_mib']}x): the attention pass runs over every tissue cell"),
+            summary_row(
+                f"training step, same tissue on a 4x-area slide ({b['slide_shape'][0]}^2 holding the {a['slide_shape'][0]}^2 one), same n",
+                f"{same['step_seconds']}x ({b['step_seconds']:.3f} / {a['step_seconds']:.3f} s; attention part "
+                f"{same['attention_seconds']}x)",
+                f"<= {TARGET_TIME_RATIO}x",
+                time_ok,
+            ),
+            summary_row(
+                "peak RSS, same tissue on a 4x-area slide",
+                f"{same['peak_rss_mib']}x ({b['peak_rss_mib']:.0f} / {a['peak_rss_mib']:.0f} MiB)",
+                f"<= {TARGET_RSS_RATIO}x",
+                rss_ok,
+            ),
+            summary_row(
+                f"training step, {more['tissue_cells']}x tissue cells on a 4x-area slide ({c['slide_shape'][0]}^2)",
+                f"{more['step_seconds']}x ({c['step_seconds']:.3f} s; attention part {more['attention_seconds']}x, "
+                f"peak RSS {more['peak_rss_mib']}x): the attention pass runs over every tissue cell",
+            ),
         ],  # fmt: skip
     }
 
@@ -202,7 +212,10 @@ def markdown(result: dict[str, Any]) -> str:
                      s["tissue_cells"], f"{s['window_mib']:.2f}", f"{s['step_seconds']:.3f}", f"{s['attention_seconds']:.3f}",
                      f"{s['peak_rss_mib']:.0f}"])  # fmt: skip
     table = markdown_table(["slide", "level 0", "low level", "tissue cells", "windows MiB", "step s", "attention s", "peak RSS MiB"], rows)
-    lines = [f"- {row['metric']}: {row['value']}" + (f" (target {row['target']}, met: {row['met']})" if row["target"] else "") for row in result["summary"]]
+    lines = [
+        f"- {row['metric']}: {row['value']}" + (f" (target {row['target']}, met: {row['met']})" if row["target"] else "")
+        for row in result["summary"]
+    ]
     return "\n".join([table, "", *lines, machine_line(result["machine"])])
 
 

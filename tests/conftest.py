@@ -9,9 +9,9 @@ import pytest
 
 pytest.register_assert_rewrite("wsi_ats.testing")  # before the contract is imported: pytest's assertion messages
 
-from slide_factories import write_all
+from slide_factories import write_all  # noqa: E402 - after the assert-rewrite registration
 
-from wsi_ats.testing.known_image import known_levels
+from wsi_ats.testing.known_image import known_levels  # noqa: E402
 
 
 @pytest.fixture(scope="session")

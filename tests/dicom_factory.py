@@ -50,8 +50,9 @@ def write_dicom_series(tiff: Path, folder: Path, *, mpp: float, name: str = "sli
     return folder
 
 
-def _instance(page: tifffile.TiffPage, index: int, spacing_mm: float, study: str, series: str, frame_of_reference: str,
-              name: str) -> Dataset:
+def _instance(
+    page: tifffile.TiffPage, index: int, spacing_mm: float, study: str, series: str, frame_of_reference: str, name: str
+) -> Dataset:
     instance = generate_uid(entropy_srcs=[name, "level", str(index)])
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = VLWholeSlideMicroscopyImageStorage

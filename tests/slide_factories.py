@@ -28,9 +28,7 @@ APERIO_DESCRIPTION = "Aperio Image Library v12.0.0 \n256x256 [0,0 256x256] JPEG/
 JPEG_MEAN_ERROR = 1.0
 
 
-def write_jpeg_tiff(
-    path: Path, pyramid: list[np.ndarray], *, ycbcr: bool = False, description: str | None = APERIO_DESCRIPTION
-) -> Path:
+def write_jpeg_tiff(path: Path, pyramid: list[np.ndarray], *, ycbcr: bool = False, description: str | None = APERIO_DESCRIPTION) -> Path:
     """OpenSlide-readable tiled TIFF: 256 JPEG tiles, Q90, reduced-resolution (subfiletype 1) pages.
 
     Aperio-like with the default ``description``, OpenSlide's generic-tiff without

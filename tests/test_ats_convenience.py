@@ -26,8 +26,14 @@ def test_each_patch_is_the_high_resolution_area_of_its_attention_cell(replace):
     g = torch.Generator().manual_seed(0)
     attention = torch.softmax(torch.randn(3, 64, generator=g), 1).reshape(3, 8, 8)
     result = attention_sampling(
-        attention, torch.zeros(3, 1, 8, 8), _block_image(3, 8, 8), _patch_mean, 5,
-        patch_size=8, replace=replace, generator=g,
+        attention,
+        torch.zeros(3, 1, 8, 8),
+        _block_image(3, 8, 8),
+        _patch_mean,
+        5,
+        patch_size=8,
+        replace=replace,
+        generator=g,
     )
     cell_ids = (result.indices[..., 0] * 8 + result.indices[..., 1]).float()
     assert torch.equal(result.top_left, result.indices * 8)
@@ -43,8 +49,13 @@ def test_deterministic_one_hot_attention_returns_that_cells_features():
     attention = torch.zeros(2, 8, 8)
     attention[0, 6, 1] = attention[1, 2, 5] = 1
     result = attention_sampling(
-        attention, torch.zeros(2, 1, 8, 8), _block_image(2, 8, 8), _patch_mean, 1,
-        patch_size=8, deterministic=True,
+        attention,
+        torch.zeros(2, 1, 8, 8),
+        _block_image(2, 8, 8),
+        _patch_mean,
+        1,
+        patch_size=8,
+        deterministic=True,
     )
     assert result.features.tolist() == [[6 * 8 + 1], [2 * 8 + 5]]
 
@@ -67,7 +78,13 @@ def test_valid_convolution_attention_maps_each_cell_to_its_window_centre():
     x_high = _block_image(2, 10, 4)  # low pixel (y, x) has id 10y + x
     x_low = torch.nn.functional.avg_pool2d(x_high, 4)
     result = attention_sampling(
-        ValidConvAttention(), x_low, x_high, _patch_mean, 6, patch_size=4, receptive_field=2,
+        ValidConvAttention(),
+        x_low,
+        x_high,
+        _patch_mean,
+        6,
+        patch_size=4,
+        receptive_field=2,
         generator=torch.Generator().manual_seed(2),
     )
     assert result.attention.shape == (2, 8, 8)
@@ -79,16 +96,22 @@ def test_valid_convolution_attention_maps_each_cell_to_its_window_centre():
 def test_gradients_reach_both_networks_but_not_the_image(replace):
     torch.manual_seed(3)
     attention_net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 1, 1), torch.nn.Flatten(), torch.nn.Softmax(dim=1),
+        torch.nn.Conv2d(3, 1, 1),
+        torch.nn.Flatten(),
+        torch.nn.Softmax(dim=1),
         torch.nn.Unflatten(1, (8, 8)),
     )
-    feature_net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 4), torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 2)
-    )
+    feature_net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 4), torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 2))
     x_high = torch.rand(2, 3, 64, 64, requires_grad=True)
     x_low = torch.nn.functional.avg_pool2d(x_high.detach(), 8)
     result = attention_sampling(
-        attention_net, x_low, x_high, feature_net, 4, patch_size=8, replace=replace,
+        attention_net,
+        x_low,
+        x_high,
+        feature_net,
+        4,
+        patch_size=8,
+        replace=replace,
         generator=torch.Generator().manual_seed(4),
     )
     assert result.features.shape == (2, 2) and result.patches.shape == (2, 4, 3, 8, 8)
@@ -100,14 +123,19 @@ def test_gradients_reach_both_networks_but_not_the_image(replace):
 
 def test_result_is_frozen():
     result = attention_sampling(
-        torch.full((1, 4, 4), 1 / 16), torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 8, 8),
-        _patch_mean, 2, patch_size=2,
+        torch.full((1, 4, 4), 1 / 16),
+        torch.zeros(1, 1, 4, 4),
+        torch.zeros(1, 1, 8, 8),
+        _patch_mean,
+        2,
+        patch_size=2,
     )
     with pytest.raises(AttributeError):
         result.features = torch.zeros(1)
 
 
 # ---------------------------------------------------------------- entropy_regularizer
+
 
 def test_entropy_regularizer_value_on_uniform_and_one_hot_rows():
     # Row 0 uniform over 16 cells: sum = 16 * (1/16) log(1/16 + 1e-6) = log(1/16 + 1e-6).

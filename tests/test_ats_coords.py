@@ -78,6 +78,7 @@ def test_float_indices_are_refused():
 
 # ---------------------------------------------------------------- extract_patches
 
+
 def _image(shape):
     """A [B, C, *S] image whose values name their position, so a wrong index shows."""
     return torch.arange(1, 1 + torch.Size(shape).numel(), dtype=torch.float32).reshape(shape)
@@ -91,7 +92,7 @@ def test_patches_inside_the_image_are_plain_slices():
     for b in range(2):
         for k in range(2):
             y, x = top_left[b, k].tolist()
-            assert torch.equal(patches[b, k], images[b, :, y:y + 3, x:x + 3])
+            assert torch.equal(patches[b, k], images[b, :, y : y + 3, x : x + 3])
 
 
 def test_outside_the_image_is_zero_padded():

@@ -28,9 +28,7 @@ def _monte_carlo(attention, features, grad_out, *, replace, n=N, draws=DRAWS, se
     attention = attention.clone().requires_grad_()
     features = features.clone().requires_grad_()
     repeated = attention.repeat(draws, 1)  # row r is attention[r % rows]
-    cells, probs = sample(
-        repeated, n, replace=replace, generator=torch.Generator().manual_seed(seed)
-    )
+    cells, probs = sample(repeated, n, replace=replace, generator=torch.Generator().manual_seed(seed))
     sampled = features.repeat(draws, 1, 1).gather(1, cells[..., :1].expand(-1, -1, dims))
     estimate = expectation(sampled, probs, replace=replace).reshape(draws, rows, dims)
     (estimate * grad_out).sum().div(draws).backward()
@@ -65,6 +63,7 @@ def test_attention_gradients_with_replacement_are_unbiased():
 
 # ---------------------------------------------------------------- exact checks by enumeration
 
+
 def _formula_without_replacement(a, f, g):
     """API.md's gradients for one ordered draw, written out loop by loop.
 
@@ -75,10 +74,7 @@ def _formula_without_replacement(a, f, g):
     w = 1.0 / n
     pm = [1.0 - sum(a[:k]) for k in range(n)]
     E = [sum(a[j] * f[j] for j in range(k)) + pm[k] * f[k] for k in range(n)]
-    grad_a = [
-        w * float(g @ (E[k] / (a[k] / pm[k]) + sum(f[j] for j in range(k)) - k * f[k]))
-        for k in range(n)
-    ]
+    grad_a = [w * float(g @ (E[k] / (a[k] / pm[k]) + sum(f[j] for j in range(k)) - k * f[k])) for k in range(n)]
     grad_f = [w * (pm[k] + (n - 1 - k) * a[k]) * g for k in range(n)]
     return torch.tensor(grad_a, dtype=torch.float64), torch.stack(grad_f)
 
@@ -117,6 +113,7 @@ def test_without_replacement_gradients_equal_the_formula_over_all_ordered_draws(
 
 
 # ---------------------------------------------------------------- autograd cross-checks
+
 
 def _exclusive_cumsum(x):
     return x.cumsum(1) - x
@@ -181,12 +178,11 @@ def test_gradcheck_feature_gradients(replace):
     attention = torch.softmax(torch.randn(3, 12, generator=g, dtype=torch.float64), 1)
     _, probs = sample(attention, 5, replace=replace, generator=g)
     features = torch.randn(3, 5, 2, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(
-        lambda f: expectation(f, probs.detach(), replace=replace), (features,)
-    )
+    assert torch.autograd.gradcheck(lambda f: expectation(f, probs.detach(), replace=replace), (features,))
 
 
 # ---------------------------------------------------------------- sparse attention
+
 
 def test_one_hot_attention_gives_the_hot_cell_features_and_finite_gradients():
     features = torch.randn(2, 3, 4, requires_grad=True)
@@ -211,9 +207,7 @@ def test_drawing_zero_attention_cells_keeps_the_estimate_unbiased_and_gradients_
     attention[:, [1, 4, 8]] = torch.softmax(torch.randn(4, 3, generator=g, dtype=torch.float64), 1)
     features = torch.rand(4, 10, 3, generator=g, dtype=torch.float64)
     grad_out = torch.ones(4, 3, dtype=torch.float64)
-    mean_estimate, attention_grad, feature_grad = _monte_carlo(
-        attention, features, grad_out, replace=False, n=5
-    )
+    mean_estimate, attention_grad, feature_grad = _monte_carlo(attention, features, grad_out, replace=False, n=5)
     assert (mean_estimate - torch.einsum("bk,bkd->bd", attention, features)).abs().max() < 0.01
     assert torch.isfinite(attention_grad).all() and torch.isfinite(feature_grad).all()
 
@@ -233,6 +227,7 @@ def test_mismatched_inputs_are_refused(features, probs):
 
 
 # ---------------------------------------------------------------- precision and devices
+
 
 def _forward_backward(device, dtype, replace, index=None, seed=8):
     """Attention net -> sample -> feature net -> expectation, under autocast to `dtype` (no

@@ -68,7 +68,10 @@ def test_one_hot_attention_always_draws_the_hot_cell(mode):
     attention[0, 2, 3] = attention[1, 0, 0] = attention[2, 3, 4] = 1
     n = 6 if mode == "replace" else 1
     indices, probs = sample(
-        attention, n, replace=mode == "replace", deterministic=mode == "deterministic",
+        attention,
+        n,
+        replace=mode == "replace",
+        deterministic=mode == "deterministic",
         generator=_seeded(6),
     )
     hot = torch.tensor([[2, 3], [0, 0], [3, 4]])
@@ -149,12 +152,9 @@ def _valid(rows: int = 3) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("attention", "message"),
     [
-        (_valid().index_put_((torch.tensor(1), torch.tensor(2)), torch.tensor(-0.25)),
-         r"row 1 has negative values \(min -0.25\)"),
-        (_valid().index_put_((torch.tensor(2), torch.tensor(0)), torch.tensor(float("nan"))),
-         "row 2 contains NaN"),
-        (_valid().index_put_((torch.tensor(0), torch.tensor(3)), torch.tensor(float("inf"))),
-         "row 0 contains NaN or infinite"),
+        (_valid().index_put_((torch.tensor(1), torch.tensor(2)), torch.tensor(-0.25)), r"row 1 has negative values \(min -0.25\)"),
+        (_valid().index_put_((torch.tensor(2), torch.tensor(0)), torch.tensor(float("nan"))), "row 2 contains NaN"),
+        (_valid().index_put_((torch.tensor(0), torch.tensor(3)), torch.tensor(float("inf"))), "row 0 contains NaN or infinite"),
         (_valid() * torch.tensor([[1.0], [1.0], [1.2]]), "row 2 sums to 1.2, expected 1"),
         (torch.full((2, 9), 0.125, dtype=torch.float16), "row 0 sums to 1.125"),
         (torch.full((3,), 1 / 3), r"shape \[B, \*S\] with 1 to 3 spatial dims"),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wsi_ats.models import build
 from wsi_ats.engine.grid import AttentionGrid
+from wsi_ats.models import build
 
 
 def net(seed: int = 0, **params) -> torch.nn.Module:
@@ -84,4 +84,3 @@ def test_the_gain_is_learnt():
 def test_bad_prior_settings_are_rejected_with_the_reason(params, message):
     with pytest.raises(ValueError, match=message):
         net(**params)
-

@@ -9,8 +9,8 @@ from test_models import CLASSES, tiny_model
 from toy_cohort import toy_image
 
 from wsi_ats import load_checkpoint, open_slide
-from wsi_ats.engine.run import predict_slide
 from wsi_ats.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from wsi_ats.engine.run import predict_slide
 
 
 @pytest.fixture(scope="module")

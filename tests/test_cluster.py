@@ -132,9 +132,7 @@ def test_each_worker_process_loads_the_model_once(client, model_and_manifest, sl
 # -- fault tolerance ---------------------------------------------------------------------------------
 
 
-def test_a_worker_killed_mid_slide_is_replaced_and_the_slide_redone_identically(
-    client, model_and_manifest, slides, threads_run, tmp_path
-):
+def test_a_worker_killed_mid_slide_is_replaced_and_the_slide_redone_identically(client, model_and_manifest, slides, threads_run, tmp_path):
     _, expected = threads_run
     victim = expected[1]["slide_id"]
     marker = tmp_path / "victim.pid"

@@ -163,7 +163,7 @@ def test_a_relative_weights_path_in_a_recipe_is_relative_to_the_recipe(tmp_path,
     (tmp_path / "recipes").mkdir()
     recipe = tmp_path / "recipes" / "r.toml"
     recipe.write_text(
-        '[model]\npatch_size = 32\nn_patches = 2\n[model.low]\ndownsample = 4\n[model.high]\ndownsample = 1\n'
+        "[model]\npatch_size = 32\nn_patches = 2\n[model.low]\ndownsample = 4\n[model.high]\ndownsample = 1\n"
         '[model.attention]\nname = "small_cnn"\n[model.classifier]\nname = "linear"\n'
         '[model.features]\nname = "timm"\narch = "resnet10t"\nweights = "../w/enc.safetensors"\nfreeze = true\n'
     )

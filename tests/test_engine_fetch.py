@@ -38,9 +38,12 @@ def slide(request, slide_paths, known_image) -> Slide:
 @pytest.fixture(scope="module")
 def client():
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, worker_dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as c:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, worker_dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as c,
+    ):
         yield c
 
 
@@ -189,5 +192,5 @@ def test_prefetcher_fetches_patches_for_each_job(slide_paths):
     slide = open_slide(slide_paths["svs"])
     batches = [np.array([[0, 0], [500, 700]]), np.array([[-10, 1400]])]
     out = list(Prefetcher(batches, lambda tops: fetch_patches(slide, 0, tops, 64)))
-    for (tops, patches), want in zip(out, batches):
+    for (_, patches), want in zip(out, batches):
         np.testing.assert_array_equal(patches, expected(slide, 0, want, 64))

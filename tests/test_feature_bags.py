@@ -118,7 +118,9 @@ def test_wsi_ats_dense_features_refuses_a_bad_recipe_with_exit_2(tmp_path, capsy
     from wsi_ats.cli import main
 
     manifest = write_toy_cohort(tmp_path / "cohort", n=2, size=256, markers=2)
-    (tmp_path / "recipe.toml").write_text(RECIPE.replace('name = "small_cnn"\nchannels = 8\nlayers = 1', 'name = "timm"\narch = "resnet_nope"'))
+    (tmp_path / "recipe.toml").write_text(
+        RECIPE.replace('name = "small_cnn"\nchannels = 8\nlayers = 1', 'name = "timm"\narch = "resnet_nope"')
+    )
     args = ["dense-features", "--manifest", str(manifest), "--config", str(tmp_path / "recipe.toml"), "--out", str(tmp_path / "out")]
     assert main(args) == 2
     assert "recipe.toml: [model.features] arch = 'resnet_nope': not a timm architecture" in capsys.readouterr().err

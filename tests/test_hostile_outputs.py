@@ -178,7 +178,10 @@ def test_the_same_file_name_from_another_folder_later_gets_a_new_id_and_keeps_th
     kept = mtimes(out / "case1")
     (row,) = pipeline.run_many([site_b], out, verbose=False)
     assert (row["slide_id"], row["path"], row["status"]) == ("case1-2", str(site_b), "ok")
-    assert [(r["slide_id"], r["path"]) for r in read_predictions(out / PREDICTIONS_CSV)] == [("case1-2", str(site_b)), ("case1", str(case1))]
+    assert [(r["slide_id"], r["path"]) for r in read_predictions(out / PREDICTIONS_CSV)] == [
+        ("case1-2", str(site_b)),
+        ("case1", str(case1)),
+    ]
     assert mtimes(out / "case1") == kept
 
     done = mtimes(out / "case1-2")
@@ -212,14 +215,16 @@ def test_a_manifest_id_whose_earlier_row_failed_for_another_file_is_predicted_fo
 
 def test_a_second_predict_into_a_busy_out_exits_2_naming_the_first_and_both_keep_every_row(model, pipeline, slides, tmp_path):
     out = tmp_path / "out"
-    first = subprocess.Popen(predict_args(model, slides[0], out=out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())  # fmt: skip
+    first = subprocess.Popen(predict_args(model, slides[0], out=out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
     try:
         deadline = time.monotonic() + TIMEOUT
         while not (out / ".wsi-ats" / "owner.json").exists():  # the first run holds OUT
             assert first.poll() is None and time.monotonic() < deadline, "the first run never claimed OUT"
             time.sleep(0.01)
         first.send_signal(signal.SIGSTOP)  # paused while holding it: the second surely meets it busy
-        second = subprocess.run(predict_args(model, slides[1], out=out), check=False, capture_output=True, text=True, env=cli_env(), timeout=TIMEOUT)  # fmt: skip
+        second = subprocess.run(
+            predict_args(model, slides[1], out=out), check=False, capture_output=True, text=True, env=cli_env(), timeout=TIMEOUT
+        )
         first.send_signal(signal.SIGCONT)
         assert first.wait(TIMEOUT) == 0
     finally:
@@ -303,7 +308,9 @@ def test_an_out_that_is_a_file_exits_2_in_one_line_and_stays_as_it_was(model, sl
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to tell which file an fsync is for")
-def test_a_disk_full_while_writing_the_csv_exits_2_in_one_line_and_keeps_the_previous_csv(model, site_a, slides, tmp_path, monkeypatch, capsys):  # fmt: skip
+def test_a_disk_full_while_writing_the_csv_exits_2_in_one_line_and_keeps_the_previous_csv(
+    model, site_a, slides, tmp_path, monkeypatch, capsys
+):
     out = copy_of(site_a[0], tmp_path / "out")
     csv_before = (out / PREDICTIONS_CSV).read_bytes()
     fsync = os.fsync

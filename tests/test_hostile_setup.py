@@ -97,7 +97,9 @@ def test_a_model_file_that_is_not_a_checkpoint_is_one_line_and_exit_2(model_and_
     _, manifest = model_and_manifest
     model = tmp_path / "model.pt"
     make(model)
-    code = main(["predict", "--model", str(model), str(cohort_slides(manifest)[0]), "--out", str(tmp_path / "out"), "--scheduler", "threads"])
+    code = main(
+        ["predict", "--model", str(model), str(cohort_slides(manifest)[0]), "--out", str(tmp_path / "out"), "--scheduler", "threads"]
+    )
     (line,) = stderr_lines(capsys)
     assert code == EXIT_USAGE
     assert line.startswith(f"wsi-ats predict: {model}: ") and says in line
@@ -105,7 +107,9 @@ def test_a_model_file_that_is_not_a_checkpoint_is_one_line_and_exit_2(model_and_
 
 def test_a_folder_given_as_the_model_names_the_model_file_inside(model_and_manifest, tmp_path, capsys):
     model, manifest = model_and_manifest
-    code = main(["predict", "--model", str(model.parent), str(cohort_slides(manifest)[0]), "--out", str(tmp_path / "out"), "--scheduler", "threads"])
+    code = main(
+        ["predict", "--model", str(model.parent), str(cohort_slides(manifest)[0]), "--out", str(tmp_path / "out"), "--scheduler", "threads"]
+    )
     (line,) = stderr_lines(capsys)
     assert code == EXIT_USAGE
     assert line == f"wsi-ats predict: {model.parent}: is a folder; give the checkpoint file, e.g. {model} (it holds model.pt)"
@@ -127,7 +131,9 @@ def test_an_unusable_scheduler_file_is_one_line_and_exit_2(model_and_manifest, t
     model, manifest = model_and_manifest
     file = tmp_path / "scheduler.json"
     file.write_text(content)
-    code = main(["predict", "--model", str(model), str(cohort_slides(manifest)[0]), "--out", str(tmp_path / "out"), "--scheduler", str(file)])
+    code = main(
+        ["predict", "--model", str(model), str(cohort_slides(manifest)[0]), "--out", str(tmp_path / "out"), "--scheduler", str(file)]
+    )
     (line,) = stderr_lines(capsys)
     assert code == EXIT_USAGE
     assert line.startswith(f"wsi-ats predict: --scheduler {file}: {says}")
@@ -207,8 +213,13 @@ def test_every_bad_cell_of_a_manifest_is_listed_with_its_line_and_column(tmp_pat
     ("data", "says"),
     [
         ("slide_id,path,label\na,caf\xe9.tiff,x\n".encode("latin-1"), ':2: not UTF-8 text (byte 0xe9); save the manifest as "CSV UTF-8"'),
-        (b"slide_id;path;label\na;a.tiff;x\n", (":1: header must have slide_id,path,label[,split][,case_id][,mpp]; missing slide_id,path,label "
-                                                "(found slide_id;path;label); its columns are separated by ';', not commas")),
+        (
+            b"slide_id;path;label\na;a.tiff;x\n",
+            (
+                ":1: header must have slide_id,path,label[,split][,case_id][,mpp]; missing slide_id,path,label "
+                "(found slide_id;path;label); its columns are separated by ';', not commas"
+            ),
+        ),
         (b"PK\x03\x04\x14\x00\x06\x00", ': a zip file (an Excel .xlsx?), not CSV; save it as "CSV UTF-8"'),
         (b"slide_id,path,label\na,a\x00.tiff,x\n", ":2: column path: contains a NUL byte"),
     ],
@@ -243,14 +254,18 @@ def labelled_run(model_and_manifest, tmp_path_factory):
     m = write_manifest(folder / "m.csv", [("a", str(slides[0]), "positive"), ("b", str(slides[1]), "negative"),
                                           ("gone", str(folder / "gone.tiff"), "positive"), ("c", str(slides[2]), "")],
                        header="slide_id,path,label")  # fmt: skip
-    code, out, err = run_cli(["predict", "--model", str(model), "--manifest", str(m), "--out", str(folder / "out"), "--scheduler", "threads"])
+    code, out, err = run_cli(
+        ["predict", "--model", str(model), "--manifest", str(m), "--out", str(folder / "out"), "--scheduler", "threads"]
+    )
     return code, out, err, folder / "out"
 
 
 def test_predict_reads_a_manifest_without_a_label_column(model_and_manifest, tmp_path):
     model, manifest = model_and_manifest
     m = write_manifest(tmp_path / "m.csv", [("a", str(cohort_slides(manifest)[0]))], header="slide_id,path")
-    code, out, _ = run_cli(["predict", "--model", str(model), "--manifest", str(m), "--out", str(tmp_path / "out"), "--scheduler", "threads"])
+    code, out, _ = run_cli(
+        ["predict", "--model", str(model), "--manifest", str(m), "--out", str(tmp_path / "out"), "--scheduler", "threads"]
+    )
     assert code == EXIT_OK
     assert [r["status"] for r in read_predictions(tmp_path / "out" / "predictions.csv")] == ["ok"]
     assert "accuracy" not in out and not (tmp_path / "out" / "summary.json").exists()

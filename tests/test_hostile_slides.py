@@ -157,7 +157,9 @@ def test_every_coordinate_written_lies_inside_the_slide(batch, hostile, model_pa
     result = Pipeline(model_path, device="cpu").run(hostile["good"])  # the batch's slide, id and seed
     H, W = result.slide_shape
     corners = result.patch_top_left
-    reach_out = (corners < 0).any() or (corners[:, 0] + result.patch_size_level0 > H).any() or (corners[:, 1] + result.patch_size_level0 > W).any()
+    reach_out = (
+        (corners < 0).any() or (corners[:, 0] + result.patch_size_level0 > H).any() or (corners[:, 1] + result.patch_size_level0 > W).any()
+    )
     assert reach_out  # patches at the border reach past the slide (read as zero there) ...
     features = json.loads((out / "good" / "patches.geojson").read_text())["features"]
     xy = np.array([point for f in features for point in f["geometry"]["coordinates"][0]])

@@ -58,9 +58,7 @@ def test_each_digit_box_holds_its_sklearn_scan():
     scans = load_digits()
     data = make_megadigits(6, seed=2, config=SMALL)
     size = SMALL.digit_size
-    for canvas, sources, corners, classes in zip(
-        data.high, data.digit_sources, data.digit_top_left, data.digit_classes
-    ):
+    for canvas, sources, corners, classes in zip(data.high, data.digit_sources, data.digit_top_left, data.digit_classes):
         for source, (y, x), digit_class in zip(sources, corners, classes):
             crop = canvas[y : y + size, x : x + size]
             shrunk = np.asarray(Image.fromarray(crop).resize((8, 8), Image.Resampling.BOX), float)
@@ -249,7 +247,9 @@ def test_recipe_epochs_table_gives_a_model_its_own_epochs_and_the_others_the_def
     assert recipe.train_config("ats").lr == recipe.train.lr  # only the epochs differ
 
 
-@pytest.mark.parametrize("entry, message", [("atss = 60", "epochs: unknown model 'atss'"), ("ats = 0", "epochs.ats must be a positive integer")])
+@pytest.mark.parametrize(
+    "entry, message", [("atss = 60", "epochs: unknown model 'atss'"), ("ats = 0", "epochs.ats must be a positive integer")]
+)
 def test_recipe_epochs_table_with_a_bad_entry_names_the_file_and_the_entry(tmp_path, entry, message):
     with pytest.raises(ConfigError, match=rf"bad\.toml: \[experiment\]: {message}"):
         load_recipe(_edited_recipe(tmp_path, "[experiment.epochs]\nats = 60", f"[experiment.epochs]\n{entry}"))

@@ -96,7 +96,11 @@ def test_a_result_with_warnings_is_an_unjudged_row_without_a_class(tmp_path):
     result = SlideResult(**{**make_result().__dict__, "probabilities": np.full(2, np.nan), "warnings": ("blank slide", "and\nmore")})
     row = result_row(result, "/data/s1.tif", 1.0)
     assert (row["status"], row["error"], row["warning"], row["prediction"], row["probability"]) == (
-        "unjudged", "", "blank slide; and more", "", None
+        "unjudged",
+        "",
+        "blank slide; and more",
+        "",
+        None,
     )
     write_predictions(tmp_path / "p.csv", [row, result_row(make_result(), "/data/s2.tif", 1.0)])
     back = read_predictions(tmp_path / "p.csv")

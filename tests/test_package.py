@@ -52,8 +52,9 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def installed(wheel, tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True
+    )
     return target
 
 
@@ -68,16 +69,23 @@ def test_the_wheel_ships_the_recipes_as_files_and_no_benchmark_harness(wheel):
 
 def test_the_installed_package_works_from_another_folder(installed, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(installed)}
-    code = ("import wsi_ats, wsi_ats.recipes as r; from wsi_ats.models import load_config;"
-            "print(wsi_ats.__file__); print(load_config(r.path('synthetic_wsi')).model.n_patches)")
-    where, n_patches = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                                      check=True).stdout.split()
+    code = (
+        "import wsi_ats, wsi_ats.recipes as r; from wsi_ats.models import load_config;"
+        "print(wsi_ats.__file__); print(load_config(r.path('synthetic_wsi')).model.n_patches)"
+    )
+    where, n_patches = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert Path(where).is_relative_to(installed) and int(n_patches) > 0
-    demo = subprocess.run([sys.executable, "-m", "wsi_ats.cli", "demo", "--help"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, check=True)
+    demo = subprocess.run(
+        [sys.executable, "-m", "wsi_ats.cli", "demo", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
     assert "--out" in demo.stdout
 
 
 def test_the_package_does_not_import_its_test_helpers_or_pytest():
-    show = "import sys, wsi_ats, wsi_ats.cli, wsi_ats.readers; print(sorted(m for m in sys.modules if m.startswith(('pytest', 'wsi_ats.testing'))))"
+    show = (
+        "import sys, wsi_ats, wsi_ats.cli, wsi_ats.readers; "
+        "print(sorted(m for m in sys.modules if m.startswith(('pytest', 'wsi_ats.testing'))))"
+    )
     assert subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, check=True).stdout.strip() == "[]"

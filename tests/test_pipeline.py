@@ -12,8 +12,7 @@ import shutil
 
 import numpy as np
 import pytest
-from predict_data import GOOD, copy_slide, cohort_slides, mixed_folder, trained_model
-
+from predict_data import GOOD, cohort_slides, copy_slide, mixed_folder, trained_model
 from test_discover import touch
 
 from wsi_ats.discover import slide_stem

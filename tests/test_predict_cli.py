@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from predict_data import TIMEOUT, cli_env, copy_slide, cohort_slides, mixed_folder, trained_model
+from predict_data import TIMEOUT, cli_env, cohort_slides, copy_slide, mixed_folder, trained_model
 
 from wsi_ats.outputs import SLIDE_FILES, read_predictions
 
@@ -23,7 +23,19 @@ def model_and_manifest(tmp_path_factory):
 
 
 def predict_args(model, *inputs, out) -> list[str]:
-    return [sys.executable, "-m", "wsi_ats.cli", "predict", "--model", str(model), *map(str, inputs), "--out", str(out), "--scheduler", "threads"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "wsi_ats.cli",
+        "predict",
+        "--model",
+        str(model),
+        *map(str, inputs),
+        "--out",
+        str(out),
+        "--scheduler",
+        "threads",
+    ]
 
 
 def predict(model, *inputs, out) -> subprocess.CompletedProcess:

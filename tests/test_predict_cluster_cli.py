@@ -17,9 +17,9 @@ import pytest
 from predict_data import TIMEOUT, cli_env, cohort_slides, trained_model
 
 from wsi_ats.cluster import session
+from wsi_ats.commands import predict_command
 from wsi_ats.outputs import TIMING_COLUMNS, read_predictions
 from wsi_ats.pipeline import Pipeline
-from wsi_ats.commands import predict_command
 
 DASK = str(Path(sys.executable).parent / "dask")
 
@@ -85,7 +85,7 @@ def spawn(log: Path, *args: str) -> subprocess.Popen:
 
 
 def predict(model, slides, out, *options: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "wsi_ats.cli", "predict", "--model", str(model), *map(str, slides), "--out", str(out), *options]  # fmt: skip
+    cmd = [sys.executable, "-m", "wsi_ats.cli", "predict", "--model", str(model), *map(str, slides), "--out", str(out), *options]
     return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=TIMEOUT)
 
 

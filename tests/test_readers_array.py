@@ -44,9 +44,7 @@ def test_a_lower_level_pixel_is_the_rounded_mean_of_its_block():
     assert level1[63, 63].tolist() == [0, 0, 255]
 
 
-@pytest.mark.parametrize(
-    "array", [np.zeros((8, 8, 3), np.float32), np.zeros((0, 8, 3), np.uint8)], ids=["float", "empty"]
-)
+@pytest.mark.parametrize("array", [np.zeros((8, 8, 3), np.float32), np.zeros((0, 8, 3), np.uint8)], ids=["float", "empty"])
 def test_an_array_that_is_not_an_rgb_image_is_refused(array):
     with pytest.raises(SlideError, match="<array>"):
         open_slide(array)

@@ -60,7 +60,8 @@ def assert_fast_path_is_openslide(path, vendor):
     for level, lv in enumerate(fast.levels):
         for top_left, size in [((0, 0), lv.shape), *((origin, SIZE) for origin in ORIGINS)]:
             np.testing.assert_array_equal(
-                fast.read_region(level, top_left, size), reference.read_region(level, top_left, size),
+                fast.read_region(level, top_left, size),
+                reference.read_region(level, top_left, size),
                 err_msg=f"level {level} at {top_left}",
             )
     return fast

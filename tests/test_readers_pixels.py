@@ -74,8 +74,7 @@ def test_straight_alpha_is_composited_onto_white_alike_by_the_fast_path_openslid
 def test_associated_or_unspecified_alpha_is_not_multiplied_again(tmp_path, rgb, alpha, extrasample):
     """libtiff reads an unspecified fourth sample as associated alpha; so must the fast path."""
     premultiplied = np.minimum(rgb, alpha)
-    path = write_tiff(tmp_path / "associated.tif", np.dstack([premultiplied, alpha]), photometric="rgb",
-                      extrasamples=[extrasample])
+    path = write_tiff(tmp_path / "associated.tif", np.dstack([premultiplied, alpha]), photometric="rgb", extrasamples=[extrasample])
     fast, reference = readers(path)
     np.testing.assert_array_equal(fast, on_white(premultiplied, alpha))
     np.testing.assert_array_equal(reference, fast)

@@ -51,7 +51,9 @@ def test_region_reads_tiles_and_dask_agree_on_a_resampled_level(image, target):
     H, W = view.levels[level].shape
     whole = view.read_region(level, (0, 0), (H, W))
     np.testing.assert_array_equal(view.to_dask(level).compute(), whole)
-    np.testing.assert_array_equal(view.read_region(level, (H // 3, W // 5), (H // 2, W // 2)), whole[H // 3 : H // 3 + H // 2, W // 5 : W // 5 + W // 2])
+    np.testing.assert_array_equal(
+        view.read_region(level, (H // 3, W // 5), (H // 2, W // 2)), whole[H // 3 : H // 3 + H // 2, W // 5 : W // 5 + W // 2]
+    )
     out = view.read_region(level, (-5, W - 3), (10, 10))  # outside is zero, as on any level
     assert (out[:5] == 0).all() and (out[:, 3:] == 0).all()
 

@@ -86,9 +86,7 @@ def jpeg_tiffs(tmp_path_factory, known_pyramid):
     return {
         "aperio-rgb-jpeg": write_jpeg_tiff(directory / "rgb.svs", known_pyramid),
         "aperio-ycbcr-jpeg": write_jpeg_tiff(directory / "ycbcr.svs", known_pyramid, ycbcr=True),
-        "generic-tiff-ycbcr-jpeg": write_jpeg_tiff(
-            directory / "generic.tif", known_pyramid, ycbcr=True, description=None
-        ),
+        "generic-tiff-ycbcr-jpeg": write_jpeg_tiff(directory / "generic.tif", known_pyramid, ycbcr=True, description=None),
     }
 
 
@@ -99,9 +97,7 @@ def rgba_tiff(tmp_path_factory, known_image):
     rgba[100:200, 50:300, 3] = 0
     rgba[300:350, 300:400, 3] = 128
     path = tmp_path_factory.mktemp("rgba") / "rgba.tif"
-    tifffile.imwrite(
-        path, rgba, tile=(TILE, TILE), photometric="rgb", compression="zlib", extrasamples=["unassalpha"], metadata=None
-    )
+    tifffile.imwrite(path, rgba, tile=(TILE, TILE), photometric="rgb", compression="zlib", extrasamples=["unassalpha"], metadata=None)
     return path
 
 
@@ -113,9 +109,7 @@ def test_fast_path_pixels_are_bit_identical_to_openslide(kind, jpeg_tiffs):
     assert fast.properties["openslide.vendor"] == reference.properties["openslide.vendor"] == kind.rsplit("-", 2)[0]
     for level, lv in enumerate(fast.levels):
         for top_left, size in [((0, 0), lv.shape), UNALIGNED]:
-            np.testing.assert_array_equal(
-                fast.read_region(level, top_left, size), reference.read_region(level, top_left, size)
-            )
+            np.testing.assert_array_equal(fast.read_region(level, top_left, size), reference.read_region(level, top_left, size))
 
 
 def test_transparent_pixels_become_white_as_in_openslide(rgba_tiff):

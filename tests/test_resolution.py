@@ -90,7 +90,11 @@ def test_a_mixed_resolution_cohort_is_read_at_the_median_resolutions_microns(tmp
 
 
 def test_training_lists_every_unreadable_slide_before_the_first_step(tmp_path, tiff):
-    rows = [ManifestRow("ok", str(tiff), "x"), ManifestRow("gone", str(tmp_path / "gone.tiff"), "x"), ManifestRow("bad", str(tiff) + "x", "y")]
+    rows = [
+        ManifestRow("ok", str(tiff), "x"),
+        ManifestRow("gone", str(tmp_path / "gone.tiff"), "x"),
+        ManifestRow("bad", str(tiff) + "x", "y"),
+    ]
     with pytest.raises(ValueError, match=r"(?s)2 training slide\(s\) cannot be read.*gone.*bad"):
         training_microns(tiny_model(), rows)
 
@@ -106,7 +110,9 @@ def test_the_manifests_mpp_lets_a_slide_without_resolution_through(model_and_man
     bare = restore(open_slide(tiff), tmp_path / "bare.tiff", mpp=0)  # the same pixels, no resolution in the file
     pipeline = Pipeline(model_and_manifest[0], device="cpu")
     refused, given = pipeline.run_many(
-        [ManifestRow("refused", str(bare), "positive"), ManifestRow("given", str(bare), "positive", mpp=0.25)], tmp_path / "out", verbose=False
+        [ManifestRow("refused", str(bare), "positive"), ManifestRow("given", str(bare), "positive", mpp=0.25)],
+        tmp_path / "out",
+        verbose=False,
     )
     assert refused["status"] == "error" and "mpp column or --mpp" in refused["error"]
     assert given["status"] == "ok"

@@ -33,8 +33,7 @@ def made(tmp_path_factory):
         key = "pos" if positive else "neg"
         out[f"{key}_tiff"] = (d / f"{key}.tiff", make_slide(d / f"{key}.tiff", SIZE, positive=positive, seed=7))
     out["pos_zarr05"] = (d / "pos.ome.zarr", make_slide(d / "pos.ome.zarr", SIZE, positive=True, seed=7))
-    out["pos_zarr04"] = (d / "pos04.ome.zarr",
-                         make_slide(d / "pos04.ome.zarr", SIZE, positive=True, seed=7, zarr_version="0.4"))
+    out["pos_zarr04"] = (d / "pos04.ome.zarr", make_slide(d / "pos04.ome.zarr", SIZE, positive=True, seed=7, zarr_version="0.4"))
     return out
 
 
@@ -98,8 +97,7 @@ def test_ome_zarr_05_is_a_zarr_v3_group_with_ngff_multiscales(made):
     (ms,) = ome["multiscales"]
     assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
     assert [d["path"] for d in ms["datasets"]] == ["0", "1", "2"]
-    assert [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]] == [
-        [1.0, 0.25, 0.25], [1.0, 1.0, 1.0], [1.0, 4.0, 4.0]]
+    assert [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]] == [[1.0, 0.25, 0.25], [1.0, 1.0, 1.0], [1.0, 4.0, 4.0]]
     for level, ds in enumerate((1, 4, 16)):
         array = group[str(level)]
         assert array.shape == (3, SIZE // ds, SIZE // ds)
@@ -212,8 +210,7 @@ def test_different_seed_gives_a_different_slide(made, tmp_path):
 
 
 def test_cohort_manifest_is_balanced_split_and_readable(tmp_path):
-    manifest = make_cohort(tmp_path / "cohort", n=6, size=SIZE, formats=("tiff", "zarr"), seed=3, workers=1,
-                           progress=False)
+    manifest = make_cohort(tmp_path / "cohort", n=6, size=SIZE, formats=("tiff", "zarr"), seed=3, workers=1, progress=False)
     with manifest.open(newline="") as f:
         reader = csv.DictReader(f)
         assert reader.fieldnames == ["slide_id", "path", "label", "split"]
@@ -251,8 +248,11 @@ def test_bad_cohort_requests_are_clear_errors(tmp_path):
 def test_memory_stays_bounded_while_writing(tmp_path):
     """The benchmark's code path at 8192 px: a full level 0 alone would be 192 MiB."""
     out = tmp_path / "memory.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "synth_memory.py"), "--size", "8192", "--out", str(out),
-                    "--dir", str(tmp_path)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "synth_memory.py"), "--size", "8192", "--out", str(out), "--dir", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     report = json.loads(out.read_text())
     assert report["level_dimensions"] == [[8192, 8192], [2048, 2048], [512, 512]]
     assert report["peak_rss_mb"] - report["baseline_rss_mb"] < 120

@@ -43,7 +43,14 @@ def test_run_writes_model_metrics_and_resume_state(cohort, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     assert metrics["splits"]["test"] == ["toy_2", "toy_3"] and metrics["held_out_split"] == "test"
-    assert set(metrics["test"]) >= {"accuracy", "loss", "patches_on_truth", "patches_on_truth_uniform", "truth_tissue_fraction", "concentration"}
+    assert set(metrics["test"]) >= {
+        "accuracy",
+        "loss",
+        "patches_on_truth",
+        "patches_on_truth_uniform",
+        "truth_tissue_fraction",
+        "concentration",
+    }
     assert metrics["seconds_per_step"] > 0 and metrics["peak_rss_mib"] > 0
     model = load_checkpoint(tmp_path / "model.pt")
     assert model.class_names == ("negative", "positive") and model.metadata["test"] == metrics["test"]

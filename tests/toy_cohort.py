@@ -58,7 +58,11 @@ def write_toy_cohort(directory: Path, n: int = 4, *, splits: bool = False, truth
         if truth:
             (directory / "annotations").mkdir(exist_ok=True)
             features = [
-                {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}}
+                {
+                    "type": "Feature",
+                    "properties": {},
+                    "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
+                }
                 for y0, x0, y1, x1 in boxes
             ]
             import json

@@ -28,7 +28,9 @@ class CheckpointError(ValueError):
     """A file that is not a usable wsi-ats checkpoint; the message names the file and the reason."""
 
 
-def save_checkpoint(path: str | Path, model: ATSModel, *, metadata: dict[str, Any] | None = None, training: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path, model: ATSModel, *, metadata: dict[str, Any] | None = None, training: dict[str, Any] | None = None
+) -> Path:
     """Write ``model`` to ``path`` atomically; ``metadata`` (plain values) describes the run, ``training`` holds resume state."""
     if model.config is None:
         raise ValueError("only a model built with ATSModel.from_config can be checkpointed (the config rebuilds it)")

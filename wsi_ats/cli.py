@@ -129,8 +129,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     runner = _bench_runner(args.root)
     if runner is None:
         where = args.root or Path.cwd()
-        print(f"wsi-ats bench: {where} is not in a wsi-ats source checkout; benchmarks ship with the source tree, "
-              "not the package (run it in a checkout, or pass --root CHECKOUT)", file=sys.stderr)
+        print(
+            f"wsi-ats bench: {where} is not in a wsi-ats source checkout; benchmarks ship with the source tree, "
+            "not the package (run it in a checkout, or pass --root CHECKOUT)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     argv = [*args.names, *(["--quick"] if args.quick else []), *(["--out", str(args.out)] if args.out else [])]
     return subprocess.run([sys.executable, str(runner), *argv], check=False).returncode
@@ -177,12 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=_positive(int), default=8192, help="level-0 edge in pixels, rounded up to 256 (default 8192)")
     s.add_argument("--format", default="tiff,zarr", help="comma-separated: tiff, zarr (default both, alternating per label pair)")
     s.add_argument("--seed", type=int, default=0, help="seed of every slide and of the splits (default 0)")
-    s.add_argument("--n-blobs", type=_positive(int), default=3,
-                   help="lesions (positive slides) or mimics (negative) per slide (default 3; the demo uses 12)")
+    s.add_argument(
+        "--n-blobs",
+        type=_positive(int),
+        default=3,
+        help="lesions (positive slides) or mimics (negative) per slide (default 3; the demo uses 12)",
+    )
     s.add_argument("--mpp", type=_positive(float), default=0.25, help="level-0 micrometres per pixel the files state (default 0.25)")
     s.add_argument("--zarr-version", choices=("0.4", "0.5"), default="0.5", help="OME-NGFF version of the zarr slides (default 0.5)")
-    s.add_argument("--workers", type=_positive(int), default=None,
-                   help="processes writing slides (default one per CPU; the files do not depend on it)")
+    s.add_argument(
+        "--workers", type=_positive(int), default=None, help="processes writing slides (default one per CPU; the files do not depend on it)"
+    )
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("manifest", help="list the slides under a folder, label them, split them per case: a manifest")
@@ -219,17 +227,25 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: annotations/ beside the manifest, as wsi-ats synth writes)",
     )
     s.add_argument("--cache", type=Path, default=None, help="folder keeping resampled levels of slides between runs")
-    s.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last.pt (same recipe, seed and slides; --epochs may grow)")
-    s.add_argument("--skip-unreadable", action="store_true",
-                   help="train without the slides that cannot be opened or read (listed in metrics.json) instead of refusing")
+    s.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last.pt (same recipe, seed and slides; --epochs may grow)"
+    )
+    s.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="train without the slides that cannot be opened or read (listed in metrics.json) instead of refusing",
+    )
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("predict", help="batch inference over slides, directories or a manifest")
     s.add_argument("--model", required=True, type=Path, help="RUN/model.pt from `wsi-ats train`")
     s.add_argument("slides", nargs="*", help="slide files or directories (searched recursively)")
-    s.add_argument("--manifest", type=Path, default=None,
-                   help="CSV slide_id,path[,label][,mpp]...; with labels, accuracy and a confusion table end the run")
+    s.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        help="CSV slide_id,path[,label][,mpp]...; with labels, accuracy and a confusion table end the run",
+    )
     s.add_argument("--root", default=None, help="resolve the manifest's relative paths against ROOT (a folder or URL)")
     s.add_argument("--out", required=True, type=Path, help="folder for predictions.csv and one folder per slide")
     s.add_argument(
@@ -238,8 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="local (a LocalCluster on this machine), threads (in-process), or a scheduler address/file",
     )
     s.add_argument("--workers", type=_positive(int), default=None, help="worker processes for --scheduler local")
-    s.add_argument("--timeout", type=_positive(float), default=CONNECT_TIMEOUT,
-                   help=f"seconds a --scheduler address or file has to answer (default {CONNECT_TIMEOUT:g})")
+    s.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=CONNECT_TIMEOUT,
+        help=f"seconds a --scheduler address or file has to answer (default {CONNECT_TIMEOUT:g})",
+    )
     s.add_argument("--seed", type=int, default=0, help="seed of the sampling; each slide's is derived from it and its id (default 0)")
     s.add_argument("--topk", action="store_true", help="deterministic top-k patches instead of sampling")
     s.add_argument("--draws", type=_positive(int), default=1, help="average the prediction over K Monte-Carlo draws")
@@ -251,10 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="level-0 micrometres per pixel of slides whose manifest row gives none (overrides their files)",
     )
     s.add_argument("--cache", type=Path, default=None, help="folder keeping resampled levels of slides between runs")
-    s.add_argument("--save-features", action="store_true", help="also write OUT/<slide>/features.h5: the drawn patches' embeddings (CLAM layout)")
+    s.add_argument(
+        "--save-features", action="store_true", help="also write OUT/<slide>/features.h5: the drawn patches' embeddings (CLAM layout)"
+    )
     s.set_defaults(func=_cmd_predict)
 
-    s = sub.add_parser("dense-features", help="the dense baseline: the recipe's encoder on every tissue tile (h5 bags), then a gated ABMIL head")
+    s = sub.add_parser(
+        "dense-features", help="the dense baseline: the recipe's encoder on every tissue tile (h5 bags), then a gated ABMIL head"
+    )
     s.add_argument("--manifest", required=True, type=Path)
     s.add_argument("--config", required=True, help="a recipe: a TOML file, or the name of a shipped one")
     s.add_argument("--root", default=None, help="resolve the manifest's relative paths against ROOT (a folder or URL)")

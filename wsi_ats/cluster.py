@@ -84,8 +84,7 @@ def scheduler_kind(scheduler: str, workers: int | None = None) -> str:
         kind = SCHEDULER_FILE
     else:
         raise SchedulerError(
-            f"--scheduler {scheduler!r}: not 'local', 'threads', an address like tcp://HOST:PORT "
-            "or an existing scheduler file"
+            f"--scheduler {scheduler!r}: not 'local', 'threads', an address like tcp://HOST:PORT or an existing scheduler file"
         )
     if workers is not None and kind != LOCAL:
         raise SchedulerError(f"--workers sizes --scheduler local only; {scheduler!r} brings its own workers")
@@ -163,7 +162,7 @@ def scheduler_address(path: str) -> str:
         raise SchedulerError(f"--scheduler {path}: not a scheduler file (not JSON: {err})") from None
     address = info.get("address") if isinstance(info, dict) else None
     if not isinstance(address, str) or not address:
-        raise SchedulerError(f"--scheduler {path}: not a scheduler file (no \"address\"; `dask scheduler --scheduler-file FILE` writes one)")
+        raise SchedulerError(f'--scheduler {path}: not a scheduler file (no "address"; `dask scheduler --scheduler-file FILE` writes one)')
     return address
 
 
@@ -295,10 +294,7 @@ def map_completed(
 def killed_worker_error(err: KilledWorker) -> str:
     """A row's error for a slide that crashed every worker it ran on."""
     last = getattr(err.last_worker, "address", err.last_worker)
-    return (
-        f"KilledWorker: slide crashed its worker {err.allowed_failures + 1} times "
-        f"(last {last}); its log says why"
-    )
+    return f"KilledWorker: slide crashed its worker {err.allowed_failures + 1} times (last {last}); its log says why"
 
 
 def _first_line(err: BaseException) -> str:

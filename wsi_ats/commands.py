@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsi_ats.cluster import CONNECT_TIMEOUT, LOCAL, scheduler_kind, session
-
 from wsi_ats.exit_codes import EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
@@ -76,7 +75,7 @@ TRUTH_BESIDE_MANIFEST = "annotations"
 def train_command(
     *,
     manifest: str | os.PathLike[str],
-    config: "str | os.PathLike[str] | PipelineConfig",
+    config: str | os.PathLike[str] | PipelineConfig,
     out: str | os.PathLike[str],
     seed: int = 0,
     epochs: int | None = None,
@@ -109,8 +108,18 @@ def train_command(
         if truth is not None and not folder.is_dir():
             raise FileNotFoundError(f"{folder}: ground-truth folder not found")
         boxes = truth_boxes(folder, [r.slide_id for r in rows])
-        metrics = train(rows, recipe, out, seed=seed, epochs=epochs, device=device, truth=boxes, resampled_cache=cache,
-                        resume=resume, skip_unreadable=skip_unreadable)
+        metrics = train(
+            rows,
+            recipe,
+            out,
+            seed=seed,
+            epochs=epochs,
+            device=device,
+            truth=boxes,
+            resampled_cache=cache,
+            resume=resume,
+            skip_unreadable=skip_unreadable,
+        )
     except (ValueError, FileNotFoundError) as err:  # bad manifest, recipe, checkpoint or resume: all ValueErrors
         print(f"wsi-ats train: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -285,5 +285,11 @@ def dense_command(
         torch.save({"state_dict": head.state_dict(), "in_features": model.feature_net.out_features, "class_names": class_names}, buffer)
         atomic_write_bytes(Path(out) / "abmil.pt", buffer.getvalue())
         atomic_write_text(Path(out) / "dense_metrics.json", json.dumps(metrics, indent=2) + "\n")
-        print("; ".join(f"{s}: accuracy {metrics[s]['accuracy']:.3f} ({metrics[s]['slides']} slides)" for s in ("train", "val", "test") if s in metrics))
+        print(
+            "; ".join(
+                f"{s}: accuracy {metrics[s]['accuracy']:.3f} ({metrics[s]['slides']} slides)"
+                for s in ("train", "val", "test")
+                if s in metrics
+            )
+        )
     return EXIT_FAILED if failed else EXIT_OK

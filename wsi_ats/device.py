@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import sys
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
-def autocast(device: torch.device, enabled: bool = True) -> ContextManager:
+def autocast(device: torch.device, enabled: bool = True) -> AbstractContextManager:
     """Autocast context for forward passes on ``device`` (a no-op where `amp_dtype` is None)."""
     dtype = amp_dtype(device)
     if not enabled or dtype is None:

@@ -60,7 +60,10 @@ def check_pixels(slide: Slide) -> tuple[list[str], list[str]]:
         rows, cols = slide.tile_grid(k)
         _try(problems, f"level {k} tile ({rows // 2}, {cols // 2})", lambda: slide.read_tile(k, rows // 2, cols // 2))
         if h * w > MAX_STREAMED_PIXELS:
-            what = f"over the {MAX_STREAMED_PIXELS / 1e9:.0f} gigapixels wsi-ats predict decodes to build the levels a model reads: it refuses the slide"
+            what = (
+                f"over the {MAX_STREAMED_PIXELS / 1e9:.0f} gigapixels wsi-ats predict decodes to build the levels "
+                "a model reads: it refuses the slide"
+            )
         else:
             what = "wsi-ats predict decodes it whole to build the levels a model reads (slow)"
         warnings.append(f"no pyramid: the smallest level ({k}) is {h}x{w} px, {what}; {PYRAMID_FIX}")

@@ -95,14 +95,12 @@ def _read_text(path: Path) -> str:
     """The manifest's text: UTF-8, with or without a byte-order mark; anything else names the line of the first bad byte."""
     data = path.read_bytes()
     if data.startswith(b"PK\x03\x04"):
-        raise ManifestError(f"{path}: a zip file (an Excel .xlsx?), not CSV; save it as \"CSV UTF-8\"")
+        raise ManifestError(f'{path}: a zip file (an Excel .xlsx?), not CSV; save it as "CSV UTF-8"')
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise ManifestError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the manifest as \"CSV UTF-8\""
-        ) from None
+        raise ManifestError(f'{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the manifest as "CSV UTF-8"') from None
 
 
 def _header(path: Path, reader: csv.DictReader, require_labels: bool) -> list[str]:
@@ -113,7 +111,9 @@ def _header(path: Path, reader: csv.DictReader, require_labels: bool) -> list[st
     missing = [c for c in required if c not in header]
     if missing:
         found = ",".join(header) if header else "an empty file"
-        hint = next((f"; its columns are separated by {sep!r}, not commas" for sep in (";", "\t") if len(header) == 1 and sep in header[0]), "")
+        hint = next(
+            (f"; its columns are separated by {sep!r}, not commas" for sep in (";", "\t") if len(header) == 1 and sep in header[0]), ""
+        )
         raise ManifestError(
             f"{path}:1: header must have {','.join(required)}[,{'' if require_labels else 'label,'}split][,case_id][,mpp]; "
             f"missing {','.join(missing)} (found {found}){hint}"
@@ -155,6 +155,7 @@ def _row_problems(rec: dict, header: list[str], seen: dict[str, int], require_la
 
 def _row(rec: dict, base: str | Path) -> ManifestRow:
     """A checked record as a row: cells stripped, empty optional cells None, the path resolved."""
+
     def cell(name: str) -> str | None:
         return (rec.get(name) or "").strip() or None
 

@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from wsi_ats.discover import discover
-from wsi_ats.manifest import REQUIRED, SPLITS, ManifestError, ManifestRow, write_manifest
-
 from wsi_ats.exit_codes import EXIT_OK, EXIT_USAGE
+from wsi_ats.manifest import REQUIRED, SPLITS, ManifestError, ManifestRow, write_manifest
 
 
 @dataclass(frozen=True)

@@ -85,13 +85,13 @@ def exit_code(rows: list[Row]) -> int:
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cached(path: str, mtime_ns: int, device: str | None) -> "ATSModel":
+def _load_cached(path: str, mtime_ns: int, device: str | None) -> ATSModel:
     from wsi_ats.checkpoint import load_checkpoint
 
     return load_checkpoint(path, device=device)
 
 
-def load_model(model_path: str | os.PathLike[str], device: str | None = None) -> "ATSModel":
+def load_model(model_path: str | os.PathLike[str], device: str | None = None) -> ATSModel:
     """Load a checkpoint once per process (and again if the file changes): dask tasks reuse it."""
     path = os.path.abspath(model_path)
     version = os.stat(path).st_mtime_ns if os.path.exists(path) else 0  # a missing file: the loader says so
@@ -99,8 +99,8 @@ def load_model(model_path: str | os.PathLike[str], device: str | None = None) ->
 
 
 def predict_with_seed(
-    model: "ATSModel",
-    slide: "Slide",
+    model: ATSModel,
+    slide: Slide,
     slide_id: str,
     seed: int,
     topk: bool,
@@ -111,9 +111,7 @@ def predict_with_seed(
     """The engine on one open slide (and its plan, if made already), with the slide's own seed (`slide_seed`)."""
     from wsi_ats.engine.run import predict_slide
 
-    return predict_slide(
-        model, slide, slide_id=slide_id, seed=slide_seed(seed, slide_id), draws=draws, topk=topk, cache=cache, plan=plan
-    )
+    return predict_slide(model, slide, slide_id=slide_id, seed=slide_seed(seed, slide_id), draws=draws, topk=topk, cache=cache, plan=plan)
 
 
 @dataclass(frozen=True)
@@ -132,7 +130,7 @@ class SlideOutcome:
 
 
 def predict_one(
-    model: "ATSModel | str | os.PathLike[str]",
+    model: ATSModel | str | os.PathLike[str],
     source: str,
     slide_id: str,
     seed: int = 0,
@@ -208,7 +206,7 @@ class Pipeline:
         self.save_features = bool(save_features)  # each slide's folder gets features.h5 (the drawn patches' embeddings)
         self.model = load_model(self.model_path, device)  # fail now, not on the first slide
 
-    def run(self, source: "Source | Slide | np.ndarray", slide_id: str | None = None) -> SlideResult:
+    def run(self, source: Source | Slide | np.ndarray, slide_id: str | None = None) -> SlideResult:
         """Predict one slide (path, manifest row, open `Slide` or ``H x W x 3`` array); errors raise."""
         from wsi_ats.readers import Slide, open_slide
 
@@ -373,4 +371,3 @@ def _read_rows(csv_path: Path) -> list[Row]:
         return read_predictions(csv_path)
     except OSError as err:
         raise describe_os_error(csv_path, err, "read the predictions") from None
-

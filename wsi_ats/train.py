@@ -188,7 +188,10 @@ def check_run_folder(out: Path, resume: bool) -> None:
 
 
 def assign_splits(rows: Sequence[ManifestRow], cfg: TrainConfig, seed: int) -> dict[str, list[ManifestRow]]:
-    """The manifest's ``split`` column (rows without one train); without any, a seeded split of whole cases (patients), stratified by label."""
+    """The manifest's ``split`` column (rows without one train).
+
+    Without any, a seeded split of whole cases (patients), stratified by label.
+    """
     if not any(r.split for r in rows):
         fractions = (1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
         rows = split_by_case(rows, fractions, seed)

@@ -24,12 +24,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from harness import cached_slide
+from harness import cached_slide  # noqa: E402 - after the harness path
 
-from wsi_ats.dense import dense_bag
-from wsi_ats.engine.run import predict_slide
-from wsi_ats.models import ATSModel, NetSpec, load_config
-from wsi_ats.readers import open_slide
+from wsi_ats.dense import dense_bag  # noqa: E402 - after the harness path
+from wsi_ats.engine.run import predict_slide  # noqa: E402 - after the harness path
+from wsi_ats.models import ATSModel, NetSpec, load_config  # noqa: E402 - after the harness path
+from wsi_ats.readers import open_slide  # noqa: E402 - after the harness path
 
 ENCODER = NetSpec("timm", (("arch", "resnet50"), ("freeze", True)))
 

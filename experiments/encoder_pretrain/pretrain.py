@@ -146,12 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         accuracy = float((predicted == y_held).float().mean())
         per_kind = {k: round(float((predicted[y_held == i] == i).float().mean()), 3) for i, k in enumerate(KINDS) if (y_held == i).any()}
         log.append({"epoch": epoch + 1, "train_loss": round(total, 4), "held_out_accuracy": round(accuracy, 4), "per_kind": per_kind})
-        print(f"epoch {epoch + 1}: loss {total:.4f}, held-out patch accuracy {accuracy:.3f} {per_kind} ({time.perf_counter() - started:.0f} s)", flush=True)
+        print(
+            f"epoch {epoch + 1}: loss {total:.4f}, held-out patch accuracy {accuracy:.3f} {per_kind} "
+            f"({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
     from safetensors.torch import save
 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, save({k: v.contiguous() for k, v in net.state_dict().items()}))
-    record = {"arch": args.arch, "args": {k: str(v) for k, v in vars(args).items()}, "cohort": {**cohort, "formats": list(cohort["formats"])},
+    record = {"arch": args.arch, "args": {k: str(v) for k, v in vars(args).items()},
+              "cohort": {**cohort, "formats": list(cohort["formats"])},
               "patches": {"train": len(y_train), "held_out": len(y_held), "train_by_kind": counts},
               "epochs": log, "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
     atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")

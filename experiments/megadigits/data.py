@@ -48,10 +48,7 @@ class MegaDigitsConfig:
         if self.digit_size < 8:
             raise ValueError(f"digit_size must be >= 8 (the scans are 8 x 8), got {self.digit_size}")
         if self.n_target < 1 or self.n_other < 0 or self.n_noise < 0:
-            raise ValueError(
-                f"need n_target >= 1, n_other >= 0, n_noise >= 0, got "
-                f"{self.n_target}, {self.n_other}, {self.n_noise}"
-            )
+            raise ValueError(f"need n_target >= 1, n_other >= 0, n_noise >= 0, got {self.n_target}, {self.n_other}, {self.n_noise}")
         if self.n_other >= self.n_target:
             raise ValueError(
                 f"n_other ({self.n_other}) must be below n_target ({self.n_target}), "
@@ -60,8 +57,7 @@ class MegaDigitsConfig:
         free_cells = (self.canvas // self.digit_size) ** 2
         if self.n_digits > free_cells // 4:
             raise ValueError(
-                f"a {self.canvas} px canvas is too small for {self.n_digits} digits of "
-                f"{self.digit_size} px (at most {free_cells // 4})"
+                f"a {self.canvas} px canvas is too small for {self.n_digits} digits of {self.digit_size} px (at most {free_cells // 4})"
             )
         if not 0 < self.low_scale <= 1 or self.low_size < 1:
             raise ValueError(f"low_scale must be in (0, 1] and give >= 1 px, got {self.low_scale}")
@@ -119,9 +115,7 @@ def upscaled_digits(size: int) -> np.ndarray:
     return out
 
 
-def make_megadigits(
-    n: int, *, split: str = "train", seed: int = 0, config: MegaDigitsConfig = MegaDigitsConfig()
-) -> MegaDigits:
+def make_megadigits(n: int, *, split: str = "train", seed: int = 0, config: MegaDigitsConfig = MegaDigitsConfig()) -> MegaDigits:
     """Draw ``n`` canvases of ``split`` from the generator seeded with ``(seed, split)``."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -180,9 +174,7 @@ def _place(rng: np.random.Generator, config: MegaDigitsConfig, count: int) -> np
     return np.array(corners, dtype=np.int64)
 
 
-def _free_corner(
-    rng: np.random.Generator, config: MegaDigitsConfig, taken: list[np.ndarray]
-) -> np.ndarray:
+def _free_corner(rng: np.random.Generator, config: MegaDigitsConfig, taken: list[np.ndarray]) -> np.ndarray:
     """A uniform top-left corner whose box overlaps none of the ``taken`` boxes."""
     span = config.canvas - config.digit_size + 1
     for _ in range(_MAX_TRIES):
@@ -190,14 +182,11 @@ def _free_corner(
         if all(np.abs(corner - other).max() >= config.digit_size for other in taken):
             return corner
     raise ValueError(
-        f"could not place a {config.digit_size} px box on a {config.canvas} px canvas "
-        f"next to {len(taken)} others in {_MAX_TRIES} tries"
+        f"could not place a {config.digit_size} px box on a {config.canvas} px canvas next to {len(taken)} others in {_MAX_TRIES} tries"
     )
 
 
-def _scribble(
-    rng: np.random.Generator, config: MegaDigitsConfig, canvas: np.ndarray, digits: np.ndarray
-) -> None:
+def _scribble(rng: np.random.Generator, config: MegaDigitsConfig, canvas: np.ndarray, digits: np.ndarray) -> None:
     """Draw ``n_noise`` distractors in place: two ink strokes in a digit-sized box each.
 
     Strokes are as wide as the digits' and as bright, so the low-resolution view shows blobs

@@ -143,9 +143,7 @@ class ATSClassifier(nn.Module):
         """The entropy term added to the training loss (the paper's recipe)."""
         return entropy_regularizer(attention, self.config.entropy_strength)
 
-    def probabilities(
-        self, low: torch.Tensor, high: torch.Tensor, generator: torch.Generator | None, draws: int
-    ) -> torch.Tensor:
+    def probabilities(self, low: torch.Tensor, high: torch.Tensor, generator: torch.Generator | None, draws: int) -> torch.Tensor:
         """Class probabilities ``[B, classes]`` averaged over ``draws`` samples from one attention map.
 
         One draw of ``n`` patches is a noisy estimate (the expectation is unbiased, not

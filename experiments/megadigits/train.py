@@ -61,9 +61,7 @@ def error_rate(model: nn.Module, data: MegaDigits, *, batch_size: int, seed: int
     return wrong / len(data)
 
 
-def loss(
-    model: nn.Module, low: torch.Tensor, high: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
-) -> torch.Tensor:
+def loss(model: nn.Module, low: torch.Tensor, high: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Cross-entropy, plus the attention's regularizer for the models that have one."""
     logits, attention = model(low, high, generator)
     value = F.cross_entropy(logits, labels)

@@ -59,9 +59,7 @@ def attention_sampling(
     parameters, never ``x_high``.
     """
     attention_map = attention if isinstance(attention, torch.Tensor) else attention(x_low)
-    indices, probs = sample(
-        attention_map, n, replace=replace, generator=generator, deterministic=deterministic
-    )
+    indices, probs = sample(attention_map, n, replace=replace, generator=generator, deterministic=deterministic)
     top_left = patch_top_left(
         indices,
         tuple(attention_map.shape[1:]),

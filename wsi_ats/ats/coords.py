@@ -40,10 +40,7 @@ def patch_top_left(
         LongTensor ``[B, n, d]``; may be negative or past the edge (patches are padded).
     """
     if indices.dim() != 3 or indices.is_floating_point() or indices.is_complex():
-        raise ValueError(
-            f"indices must be an integer tensor [B, n, d], got {indices.dtype} "
-            f"{tuple(indices.shape)}"
-        )
+        raise ValueError(f"indices must be an integer tensor [B, n, d], got {indices.dtype} {tuple(indices.shape)}")
     dims = indices.shape[-1]
     grid = _per_dim(attention_shape, dims, "attention_shape")
     low = _per_dim(low_shape, dims, "low_shape")
@@ -52,10 +49,7 @@ def patch_top_left(
     field = _per_dim(receptive_field, dims, "receptive_field", minimum=0)
     for axis in range(dims):
         if low[axis] - field[axis] <= 0:
-            raise ValueError(
-                f"receptive_field {field[axis]} leaves nothing of low_shape {low[axis]} "
-                f"in dim {axis}"
-            )
+            raise ValueError(f"receptive_field {field[axis]} leaves nothing of low_shape {low[axis]} in dim {axis}")
 
     def as_tensor(values: Sequence[float]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float64, device=indices.device)
@@ -67,9 +61,7 @@ def patch_top_left(
     return torch.round(centre - as_tensor(patch) / 2).to(torch.long)
 
 
-def extract_patches(
-    images: torch.Tensor, top_left: torch.Tensor, patch_size: Shape
-) -> torch.Tensor:
+def extract_patches(images: torch.Tensor, top_left: torch.Tensor, patch_size: Shape) -> torch.Tensor:
     """Cut ``n`` patches per image, zero outside the image; no gradient reaches ``images``.
 
     Args:
@@ -81,17 +73,10 @@ def extract_patches(
         ``[B, n, C, *P]`` in ``images.dtype``.
     """
     if not 3 <= images.dim() <= 5:
-        raise ValueError(
-            f"images must be [B, C, *S] with 1 to 3 spatial dims, got {tuple(images.shape)}"
-        )
+        raise ValueError(f"images must be [B, C, *S] with 1 to 3 spatial dims, got {tuple(images.shape)}")
     batch, spatial = images.shape[0], images.shape[2:]
     dims = len(spatial)
-    if (
-        top_left.dim() != 3
-        or top_left.shape[0] != batch
-        or top_left.shape[2] != dims
-        or top_left.is_floating_point()
-    ):
+    if top_left.dim() != 3 or top_left.shape[0] != batch or top_left.shape[2] != dims or top_left.is_floating_point():
         raise ValueError(
             f"top_left must be an integer tensor [{batch}, n, {dims}] for images "
             f"{tuple(images.shape)}, got {top_left.dtype} {tuple(top_left.shape)}"

@@ -31,9 +31,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 __all__ = ["expectation"]
 
 
-def expectation(
-    features: torch.Tensor, probs: torch.Tensor, *, replace: bool = False
-) -> torch.Tensor:
+def expectation(features: torch.Tensor, probs: torch.Tensor, *, replace: bool = False) -> torch.Tensor:
     """Estimate ``sum_i a_i f_i`` from ``n`` sampled features.
 
     Args:
@@ -51,9 +49,7 @@ def expectation(
             f"features {tuple(features.shape)} and probs {tuple(probs.shape)}"
         )
     if not (features.is_floating_point() and probs.is_floating_point()):
-        raise ValueError(
-            f"features and probs must be floating point, got {features.dtype} and {probs.dtype}"
-        )
+        raise ValueError(f"features and probs must be floating point, got {features.dtype} and {probs.dtype}")
     estimator = _WithReplacement if replace else _WithoutReplacement
     return estimator.apply(features, probs)
 
@@ -110,11 +106,7 @@ class _WithoutReplacement(torch.autograd.Function):
             grad_features = (_expand_like(weight, f) * g).to(features.dtype)
         if ctx.needs_input_grad[1]:
             inverse_conditional = _safe_divide(pm, a)  # 1 / (a_k / pm_k)
-            terms = (
-                estimates * _expand_like(inverse_conditional, f)
-                + _exclusive_cumsum(f)
-                - _expand_like(k, f) * f
-            )
+            terms = estimates * _expand_like(inverse_conditional, f) + _exclusive_cumsum(f) - _expand_like(k, f) * f
             grad_probs = (_sum_feature_dims(g * terms) / n).to(probs.dtype)
         return grad_features, grad_probs
 

@@ -62,9 +62,7 @@ def sample(
         if deterministic:
             flat_indices = flat.topk(n, dim=1).indices
         elif replace:
-            flat_indices = torch.multinomial(
-                flat.to(_noise_dtype(flat)), n, replacement=True, generator=generator
-            )
+            flat_indices = torch.multinomial(flat.to(_noise_dtype(flat)), n, replacement=True, generator=generator)
         else:
             flat_indices = _gumbel_top_k(flat, n, generator)
 
@@ -98,14 +96,9 @@ def _check_n(n: int, cells: int, *, replace: bool, deterministic: bool) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if deterministic and replace:
-        raise ValueError(
-            "deterministic=True selects the n highest-attention cells, which is a draw "
-            "without replacement: use replace=False"
-        )
+        raise ValueError("deterministic=True selects the n highest-attention cells, which is a draw without replacement: use replace=False")
     if not replace and n > cells:
-        raise ValueError(
-            f"cannot draw n={n} distinct positions without replacement from {cells} cells"
-        )
+        raise ValueError(f"cannot draw n={n} distinct positions without replacement from {cells} cells")
 
 
 def _check_attention(attention: torch.Tensor) -> None:
@@ -115,10 +108,7 @@ def _check_attention(attention: torch.Tensor) -> None:
     if not attention.is_floating_point():
         raise ValueError(f"attention must be a floating-point tensor, got {attention.dtype}")
     if not 2 <= attention.dim() <= 4:
-        raise ValueError(
-            "attention must have shape [B, *S] with 1 to 3 spatial dims, "
-            f"got shape {tuple(attention.shape)}"
-        )
+        raise ValueError(f"attention must have shape [B, *S] with 1 to 3 spatial dims, got shape {tuple(attention.shape)}")
     if attention.numel() == 0:
         raise ValueError(f"attention is empty: shape {tuple(attention.shape)}")
 
@@ -137,11 +127,6 @@ def _check_attention(attention: torch.Tensor) -> None:
         raise ValueError(f"attention row {row} contains NaN or infinite values")
     if not bool(non_negative.all()):
         row = int((~non_negative).nonzero()[0, 0])
-        raise ValueError(
-            f"attention row {row} has negative values (min {float(flat[row].min()):.6g})"
-        )
+        raise ValueError(f"attention row {row} has negative values (min {float(flat[row].min()):.6g})")
     row = int((~normalised).nonzero()[0, 0])
-    raise ValueError(
-        f"attention row {row} sums to {float(sums[row]):.6g}, expected 1 "
-        f"(tolerance {tolerance:g} for {attention.dtype})"
-    )
+    raise ValueError(f"attention row {row} sums to {float(sums[row]):.6g}, expected 1 (tolerance {tolerance:g} for {attention.dtype})")

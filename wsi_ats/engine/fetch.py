@@ -343,9 +343,7 @@ def _decode_group(
     return patches, tiles.export_rest(), tiles.decoded, tiles.nbytes
 
 
-def _assemble_straddlers(
-    slide: Slide, level: int, target: _Target, exports: list[dict[Tile, np.ndarray]]
-) -> np.ndarray | None:
+def _assemble_straddlers(slide: Slide, level: int, target: _Target, exports: list[dict[Tile, np.ndarray]]) -> np.ndarray | None:
     tiles = {t: a for part in exports for t, a in part.items()}
     return _assemble(slide, level, target, _covers(slide, level, target), tiles.__getitem__)
 
@@ -354,9 +352,7 @@ def _covers(slide: Slide, level: int, target: _Target) -> list[list[Tile]]:
     return [list(slide.tiles_covering(level, (int(y), int(x)), target.size)) for y, x in target.tops]
 
 
-def _assemble(
-    slide: Slide, level: int, target: _Target, covers: list[list[Tile]], tile: Callable[[Tile], np.ndarray]
-) -> np.ndarray | None:
+def _assemble(slide: Slide, level: int, target: _Target, covers: list[list[Tile]], tile: Callable[[Tile], np.ndarray]) -> np.ndarray | None:
     """Paste each patch's covering tiles (from ``tile``) into it; zero what lies outside the level.
 
     Returns the new patches, or None when they went into the shared ``out``.

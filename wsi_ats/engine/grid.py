@@ -58,7 +58,7 @@ class AttentionGrid:
         """Level-0 positions of the centres of cells ``start..stop-1`` along one dim."""
         return (np.arange(start, stop) + self.offset + 0.5) * self.low_downsample
 
-    def tissue_cells(self, mask: TissueMask | None, tile: int) -> "TissueCells":
+    def tissue_cells(self, mask: TissueMask | None, tile: int) -> TissueCells:
         """The cells whose centre is tissue (all cells when ``mask`` is None), tile-major.
 
         Tiles are first screened on the small mask, only where it may hold tissue, so a

@@ -128,7 +128,7 @@ def target_downsamples(model: ATSModel, slide: Slide) -> dict[str, float]:
                 f"the manifest's mpp column or --mpp"
             )
         if slide.mpp_source == "objective-power":
-            warnings.warn(f"{slide.name}: no microns per pixel in the file; using {slide.mpp:.4g} from its objective power")
+            warnings.warn(f"{slide.name}: no microns per pixel in the file; using {slide.mpp:.4g} from its objective power", stacklevel=2)
     scales = {k: model.microns[k] / slide.mpp if k in model.microns else d for k, d in by_downsample.items()}
     missing = [k for k, d in scales.items() if d is None]
     if missing:
@@ -145,12 +145,17 @@ def resolution_warnings(model: ATSModel, slide: Slide, scales: dict[str, float])
     if slide.mpp is not None and not PLAUSIBLE_MPP[0] <= slide.mpp <= PLAUSIBLE_MPP[1]:
         lo, hi = PLAUSIBLE_MPP
         said = _MPP_SOURCE.get(slide.mpp_source, "")
-        return (f"implausible resolution: {said} {slide.mpp:.4g} um/px at level 0, outside the {lo:g}-{hi:g} um/px of slide scanners; {fix}",)
+        return (
+            f"implausible resolution: {said} {slide.mpp:.4g} um/px at level 0, outside the {lo:g}-{hi:g} um/px of slide scanners; {fix}",
+        )
     key = min(scales, key=lambda k: scales[k])
     if scales[key] * (1 + SCALE_TOLERANCE) < 1:
         wanted = f"{model.microns[key]:.4g} um/px" if key in model.microns else f"downsample {scales[key]:.4g}"
         level0 = f"level 0 ({slide.mpp:.4g} um/px)" if slide.mpp is not None else "level 0"
-        return (f"too coarse: {level0} has less detail than the model's {key} scale ({wanted}): it would be enlarged {1 / scales[key]:.3g}x; {fix}",)
+        return (
+            f"too coarse: {level0} has less detail than the model's {key} scale ({wanted}): "
+            f"it would be enlarged {1 / scales[key]:.3g}x; {fix}",
+        )
     return ()
 
 

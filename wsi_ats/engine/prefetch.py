@@ -69,7 +69,7 @@ class Prefetcher(Generic[J, R]):
         self._pending.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def __enter__(self) -> "Prefetcher[J, R]":
+    def __enter__(self) -> Prefetcher[J, R]:
         return self
 
     def __exit__(self, *exc) -> None:

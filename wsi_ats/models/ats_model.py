@@ -72,7 +72,7 @@ class ATSModel(nn.Module):
         entropy_strength: float = 0.0,
         smooth: float = 0.0,
         tile: int = 256,
-        tissue: TissueSpec = TissueSpec(),
+        tissue: TissueSpec = TissueSpec(),  # noqa: B008 - frozen, so one shared default is safe
         center_features: bool = False,
         config: ModelConfig | None = None,
     ) -> None:
@@ -102,7 +102,7 @@ class ATSModel(nn.Module):
         self.embedding_stats = {"hits": 0, "misses": 0}
 
     @classmethod
-    def from_config(cls, config: ModelConfig, class_names: Sequence[str], *, load_weights: bool = True) -> "ATSModel":
+    def from_config(cls, config: ModelConfig, class_names: Sequence[str], *, load_weights: bool = True) -> ATSModel:
         """Build the registered nets named in ``config``; the classifier gets one output per class.
 
         ``load_weights = False`` skips the feature net's pretrained ``weights`` file: a checkpoint
@@ -172,7 +172,9 @@ class ATSModel(nn.Module):
             a = (1 - self.smooth) * a + self.smooth / a.numel()
         return a[None]
 
-    def draw(self, attention: torch.Tensor, *, generator: torch.Generator | None = None, topk: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(
+        self, attention: torch.Tensor, *, generator: torch.Generator | None = None, topk: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` cells (flat indices ``[1, n]``) and their attention ``[1, n]``: sampled, or the top ``n``.
 
         ``n`` is capped at the number of cells of non-zero attention when drawing without
@@ -244,7 +246,8 @@ class ATSModel(nn.Module):
         topk: bool = False,
         generator: torch.Generator | None = None,
     ) -> ATSOutput:
-        """Class logits from attention ``logits`` ``[N]``: ``draws`` samples of ``n`` cells (or the top ``n``), their patches, the expectation.
+        """Class logits from attention ``logits`` ``[N]``: ``draws`` samples of ``n`` cells (or the top ``n``), their patches,
+        the expectation.
 
         All draws' patches are asked for in one call of ``patches``, so the engine can
         decode every covering tile once.

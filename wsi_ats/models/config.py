@@ -217,7 +217,7 @@ def _parse_model(data: Mapping[str, Any], where: str) -> ModelConfig:
 def _parse_net(data: Mapping[str, Any], where: str) -> NetSpec:
     name = data.get("name")
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where}: needs name = \"<registered net>\"")
+        raise ConfigError(f'{where}: needs name = "<registered net>"')
     params = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k != "name"))
     return NetSpec(name=name, params=params)
 

@@ -52,4 +52,3 @@ def build(kind: str, name: str, **params: Any) -> nn.Module:
     if unknown:
         raise ValueError(f"{kind} network {name!r} takes no parameter(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}")
     return factory(**params)
-

@@ -63,7 +63,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a weights file: safetensors or a torch pickle (``weights_only``), unwrapped and without ``module.``."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{KEY} weights = {str(path)!r}: file not found (a local weights file, or \"hf-hub:org/name\")")
+        raise ConfigError(f'{KEY} weights = {str(path)!r}: file not found (a local weights file, or "hf-hub:org/name")')
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -110,9 +110,9 @@ class TimmFeatures(nn.Module):
         super().__init__()
         timm = import_timm()
         if out != "pooled":
-            raise ConfigError(f"{KEY} out = {out!r}: only \"pooled\" is supported")
+            raise ConfigError(f'{KEY} out = {out!r}: only "pooled" is supported')
         if arch is None:
-            raise ConfigError(f"{KEY} name = \"timm\" needs arch = \"<timm architecture>\", e.g. \"resnet50\"")
+            raise ConfigError(f'{KEY} name = "timm" needs arch = "<timm architecture>", e.g. "resnet50"')
         if not isinstance(arch, str) or not timm.is_model(arch):
             raise ConfigError(f"{KEY} arch = {arch!r}: not a timm architecture (see timm.list_models())")
         if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1):
@@ -120,9 +120,7 @@ class TimmFeatures(nn.Module):
         hub = isinstance(weights, str) and weights.startswith("hf-hub:")
         kwargs = {k: v for k, v in (timm_kwargs or {}).items() if k != "num_classes"}  # always headless: the pooled embedding
         try:
-            self.net = timm.create_model(
-                weights if hub else arch, pretrained=hub, num_classes=0, **kwargs
-            )
+            self.net = timm.create_model(weights if hub else arch, pretrained=hub, num_classes=0, **kwargs)
         except TypeError as err:
             raise ConfigError(f"{KEY} timm_kwargs = {kwargs!r}: {arch} does not take them ({err})") from None
         if weights is not None and not hub:
@@ -172,4 +170,3 @@ class TimmFeatures(nn.Module):
             with cast:
                 y = self.net(x).float()
         return F.normalize(y, dim=1) if self.normalize else y
-

@@ -37,7 +37,9 @@ class FeatureBag:
 
     def __post_init__(self) -> None:
         if self.features.ndim != 2 or self.coords_xy.shape != (len(self.features), 2):
-            raise ValueError(f"{self.slide_id}: features [N, D] and coords [N, 2] must match, got {self.features.shape} and {self.coords_xy.shape}")
+            raise ValueError(
+                f"{self.slide_id}: features [N, D] and coords [N, 2] must match, got {self.features.shape} and {self.coords_xy.shape}"
+            )
 
 
 def write_bag(path: str | os.PathLike[str], bag: FeatureBag) -> None:

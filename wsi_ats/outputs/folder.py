@@ -36,9 +36,7 @@ def attention_sidecar(result: SlideResult) -> dict:
     }
 
 
-def slide_files(
-    result: SlideResult, thumbnail: np.ndarray | None, level0_shape: tuple[int, int], draws: int = 1
-) -> dict[str, bytes]:
+def slide_files(result: SlideResult, thumbnail: np.ndarray | None, level0_shape: tuple[int, int], draws: int = 1) -> dict[str, bytes]:
     """Every file of the slide's folder, rendered in memory; ``draws`` the result holds (1 with top-k); ``thumbnail`` None: none."""
     npy = io.BytesIO()
     np.save(npy, np.asarray(result.attention, dtype=np.float32))

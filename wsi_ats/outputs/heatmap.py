@@ -49,9 +49,7 @@ GALLERY_EDGE = 96
 NO_THUMBNAIL = (217, 217, 217)
 
 
-def render_heatmap_png(
-    result: SlideResult, thumbnail: np.ndarray | None, level0_shape: tuple[int, int], draws: int = 1
-) -> bytes:
+def render_heatmap_png(result: SlideResult, thumbnail: np.ndarray | None, level0_shape: tuple[int, int], draws: int = 1) -> bytes:
     """PNG bytes of the heatmap; ``thumbnail`` is the whole slide (None: too costly to read), ``level0_shape`` its ``(H, W)``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -48,6 +48,4 @@ def result_patches(result: SlideResult, draws: int = 1) -> list[Patch]:
             f"must be (draws * n, 2) and (draws * n,) with draws = {draws}"
         )
     n, size = len(top_left) // draws, int(result.patch_size_level0)
-    return [
-        Patch(int(y), int(x), size, float(a), i // n, i % n) for i, ((y, x), a) in enumerate(zip(top_left, attention))
-    ]
+    return [Patch(int(y), int(x), size, float(a), i // n, i % n) for i, ((y, x), a) in enumerate(zip(top_left, attention))]

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -134,7 +134,8 @@ def _url_backend(url: str, fs, path: str, name: str, info: dict) -> str:
     if fs.cat_file(path, start=0, end=4) in _TIFF_MAGIC:
         return "tiff"
     raise SlideError(
-        f"{url}: not a TIFF or zarr store; other formats are read by OpenSlide, which reads local files only: copy the slide to a local disk"
+        f"{url}: not a TIFF or zarr store; other formats are read by OpenSlide, which reads local files only: "
+        "copy the slide to a local disk"
     )
 
 

@@ -12,8 +12,9 @@ import abc
 import functools
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -101,10 +102,10 @@ class Slide(abc.ABC):
         """Several tiles of one level; a backend that reads by byte range requests them all at once."""
         return [self.read_tile(level, ty, tx) for ty, tx in tiles]
 
-    def prefetch_tiles(self, level: int, tiles: list[tuple[int, int]]) -> None:
+    def prefetch_tiles(self, level: int, tiles: list[tuple[int, int]]) -> None:  # noqa: B027 - an optional hook
         """A hint that these tiles are read next: a remote backend fetches their bytes in one round."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook
         """Release native handles; reads after close may reopen lazily or fail, by backend."""
 
     # -- derived API -----------------------------------------------------------
@@ -217,7 +218,7 @@ class Slide(abc.ABC):
         options = {"storage_options": self.storage_options} if self.storage_options else {}
         return (functools.partial(open_slide, backend=self.backend, mpp=self.given_mpp, **options), (self.source,))
 
-    def __enter__(self) -> "Slide":
+    def __enter__(self) -> Slide:
         return self
 
     def __exit__(self, *exc) -> None:

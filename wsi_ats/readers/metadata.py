@@ -6,7 +6,7 @@ that was written against OpenSlide's properties keeps working on any format.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from wsi_ats.readers.base import Level
 

@@ -76,12 +76,9 @@ class _Handle:
         self.osr = osr
         self.properties = props
         self.levels = tuple(
-            Level((h, w), float(ds), _tile(props, i))
-            for i, ((w, h), ds) in enumerate(zip(osr.level_dimensions, osr.level_downsamples))
+            Level((h, w), float(ds), _tile(props, i)) for i, ((w, h), ds) in enumerate(zip(osr.level_dimensions, osr.level_downsamples))
         )
-        self.mpp = mean_mpp(
-            parse_float(props.get(openslide.PROPERTY_NAME_MPP_X)), parse_float(props.get(openslide.PROPERTY_NAME_MPP_Y))
-        )
+        self.mpp = mean_mpp(parse_float(props.get(openslide.PROPERTY_NAME_MPP_X)), parse_float(props.get(openslide.PROPERTY_NAME_MPP_Y)))
         color = props.get(openslide.PROPERTY_NAME_BACKGROUND_COLOR)
         self.background = tuple(bytes.fromhex(color)) if color else WHITE
 
@@ -173,9 +170,7 @@ class OpenSlideSlide(Slide):
             rgba = np.asarray(handle.osr.read_region((X, Y), level, (w + x - x0, h + y - y0)))
         except openslide.OpenSlideError as err:
             _HANDLES.discard(self._key, handle)
-            raise SlideError(
-                f"{self.source}: OpenSlide failed reading level {level} region (y={y}, x={x}, h={h}, w={w}): {err}"
-            ) from err
+            raise SlideError(f"{self.source}: OpenSlide failed reading level {level} region (y={y}, x={x}, h={h}, w={w}): {err}") from err
         return to_rgb(_premultiplied(rgba[y - y0 :, x - x0 :]), handle.background, premultiplied=True)
 
     def close(self) -> None:

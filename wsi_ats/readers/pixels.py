@@ -77,9 +77,7 @@ def premultiply(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return ((rgb.astype(np.uint32) * alpha + 127) // 255).astype(np.uint8)
 
 
-def to_rgb(
-    pixels: np.ndarray, background: tuple[int, int, int] = WHITE, *, premultiplied: bool = False
-) -> np.ndarray:
+def to_rgb(pixels: np.ndarray, background: tuple[int, int, int] = WHITE, *, premultiplied: bool = False) -> np.ndarray:
     """``(h, w, c)`` uint8 with c = 1 (grey), 3 (RGB) or 4 (RGBA) -> ``(h, w, 3)`` uint8 (see the module docstring).
 
     ``premultiplied``: the fourth channel is associated alpha (the colour samples are

@@ -94,7 +94,9 @@ class ScaledSlide(Slide):
             if not target > 0:
                 raise ValueError(f"{base.name}: downsample must be positive, got {target}")
             for d in _chain(levels, target):
-                source = max((i for i, lv in enumerate(levels) if lv.downsample <= d * (1 + SCALE_TOLERANCE)), key=lambda i: levels[i].downsample)
+                source = max(
+                    (i for i, lv in enumerate(levels) if lv.downsample <= d * (1 + SCALE_TOLERANCE)), key=lambda i: levels[i].downsample
+                )
                 shape = (max(1, math.floor(H0 / d)), max(1, math.floor(W0 / d)))
                 scale = d / levels[source].downsample
                 edge = tile_edge(min(levels[source].tile or (DEFAULT_TILE, DEFAULT_TILE)), scale)

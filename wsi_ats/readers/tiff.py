@@ -262,9 +262,7 @@ def _tiled_handle(path: str, file: ByteSource, tf: tifffile.TiffFile, pages: lis
         page.decode  # noqa: B018 -- tifffile builds and caches the decoder closure once, here, not in reader threads
         tiled.append(_TiledLevel(page, offsets, counts, _premultiplied(page)))
     shapes = [(p.imagelength, p.imagewidth) for p in pages]
-    levels = tuple(
-        Level(shape, downsample(shapes[0], shape), (p.tilelength, p.tilewidth)) for shape, p in zip(shapes, pages)
-    )
+    levels = tuple(Level(shape, downsample(shapes[0], shape), (p.tilelength, p.tilewidth)) for shape, p in zip(shapes, pages))
     mpp, properties = _metadata(tf, levels)
     tf.close()  # the pages keep what decoding needs; `file` stays open for range reads
     return _TiledHandle(file, tuple(tiled), levels, mpp, properties)
@@ -384,4 +382,3 @@ def _ome_resolution(xml: str) -> tuple[float | None, float | None, str | None]:
             mpp[i] = to_microns(value, pixels.get(f"PhysicalSize{axis}Unit", "µm"))
     magnification = objective.get("NominalMagnification") if objective is not None else None
     return mpp[0], mpp[1], magnification
-

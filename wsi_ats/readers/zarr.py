@@ -36,8 +36,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
@@ -69,9 +70,7 @@ class Pyramid:
     premultiplied: bool = False
 
 
-def pyramid_levels(
-    source: str, arrays: Sequence[Any], axes: Sequence[str], downsamples: Sequence[float]
-) -> tuple[Level, ...]:
+def pyramid_levels(source: str, arrays: Sequence[Any], axes: Sequence[str], downsamples: Sequence[float]) -> tuple[Level, ...]:
     """Check that ``arrays`` hold one RGB-like image per level and describe them as `Level`s."""
     axes = _checked_axes(source, axes)
     levels = []

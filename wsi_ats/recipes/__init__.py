@@ -40,6 +40,4 @@ def resolve(config: str | os.PathLike[str]) -> Path:
     try:
         return path(os.fspath(config))
     except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{config}: recipe not found: neither a file nor a shipped recipe ({', '.join(available())})"
-        ) from None
+        raise FileNotFoundError(f"{config}: recipe not found: neither a file nor a shipped recipe ({', '.join(available())})") from None

@@ -13,6 +13,13 @@ from wsi_ats.synth.cohort import SlideSpec, make_cohort, make_slide, plan_cohort
 from wsi_ats.synth.scene import Blob, Scene, make_scene
 
 __all__ = [
-    "Blob", "Scene", "SlideSpec", "feature_collection", "make_cohort", "make_scene", "make_slide", "plan_cohort",
+    "Blob",
+    "Scene",
+    "SlideSpec",
+    "feature_collection",
+    "make_cohort",
+    "make_scene",
+    "make_slide",
+    "plan_cohort",
     "write_geojson",
 ]

@@ -20,11 +20,13 @@ def feature_collection(scene: Scene) -> dict[str, Any]:
     for blob in scene.blobs:
         y0, x0, y1, x1 = blob.box
         ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": [ring]},
-            "properties": {"kind": blob.kind, "objectType": "annotation", "classification": {"name": blob.kind}},
-        })
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"kind": blob.kind, "objectType": "annotation", "classification": {"name": blob.kind}},
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 

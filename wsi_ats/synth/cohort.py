@@ -63,9 +63,19 @@ def _format_of(path: Path) -> str:
     raise ValueError(f"{path}: cannot tell the format from the name; pass fmt='tiff' or 'zarr'")
 
 
-def make_slide(path: str | Path, size: int | tuple[int, int], *, positive: bool, seed: int, fmt: str | None = None,
-               n_blobs: int = 3, mpp: float = 0.25, zarr_version: str = "0.5", workers: int = 1,
-               progress: bool = False) -> Scene:
+def make_slide(
+    path: str | Path,
+    size: int | tuple[int, int],
+    *,
+    positive: bool,
+    seed: int,
+    fmt: str | None = None,
+    n_blobs: int = 3,
+    mpp: float = 0.25,
+    zarr_version: str = "0.5",
+    workers: int = 1,
+    progress: bool = False,
+) -> Scene:
     """Write one synthetic slide and return its scene (the ground truth: `scene.blobs`).
 
     `size` is the level-0 edge (or (height, width)), rounded up to whole 256-px tiles; `fmt` is
@@ -109,21 +119,37 @@ def plan_cohort(n: int, formats: Sequence[str] = ("tiff", "zarr"), seed: int = 0
     negatives = [i for i in range(n) if i % 2 == 1]
     split = dict(zip(positives, _splits(len(positives)))) | dict(zip(negatives, _splits(len(negatives))))
     return [
-        SlideSpec(f"slide_{i:03d}", i % 2 == 0, formats[(i // 2) % len(formats)],
-                  int(np.random.SeedSequence([seed, i]).generate_state(1)[0]), split[i])
+        SlideSpec(
+            f"slide_{i:03d}",
+            i % 2 == 0,
+            formats[(i // 2) % len(formats)],
+            int(np.random.SeedSequence([seed, i]).generate_state(1)[0]),
+            split[i],
+        )
         for i in range(n)
     ]
 
 
 def _make_one(out: Path, spec: SlideSpec, size: int | tuple[int, int], n_blobs: int, mpp: float, zarr_version: str) -> None:
-    scene = make_slide(out / spec.relpath, size, positive=spec.positive, seed=spec.seed, fmt=spec.fmt,
-                       n_blobs=n_blobs, mpp=mpp, zarr_version=zarr_version)
+    scene = make_slide(
+        out / spec.relpath, size, positive=spec.positive, seed=spec.seed, fmt=spec.fmt, n_blobs=n_blobs, mpp=mpp, zarr_version=zarr_version
+    )
     write_geojson(out / "annotations" / f"{spec.slide_id}.geojson", scene)
 
 
-def make_cohort(out_dir: str | Path, n: int = 12, size: int | tuple[int, int] = 8192,
-                formats: Sequence[str] = ("tiff", "zarr"), seed: int = 0, *, n_blobs: int = 3, mpp: float = 0.25,
-                zarr_version: str = "0.5", workers: int | None = None, progress: bool = True) -> Path:
+def make_cohort(
+    out_dir: str | Path,
+    n: int = 12,
+    size: int | tuple[int, int] = 8192,
+    formats: Sequence[str] = ("tiff", "zarr"),
+    seed: int = 0,
+    *,
+    n_blobs: int = 3,
+    mpp: float = 0.25,
+    zarr_version: str = "0.5",
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Write a balanced synthetic cohort into `out_dir`; returns the path of its `manifest.csv`.
 
     `n_blobs` lesions (positive) or mimics (negative) per slide, `mpp` the level-0 micrometres
@@ -148,6 +174,5 @@ def make_cohort(out_dir: str | Path, n: int = 12, size: int | tuple[int, int] = 
                     fut.result()
                     bar.update()
     manifest = out / "manifest.csv"
-    write_manifest(manifest, [ManifestRow(s.slide_id, str((out / s.relpath).resolve()), s.label, s.split)
-                              for s in plan])
+    write_manifest(manifest, [ManifestRow(s.slide_id, str((out / s.relpath).resolve()), s.label, s.split) for s in plan])
     return manifest

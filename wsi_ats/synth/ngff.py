@@ -44,8 +44,9 @@ def multiscales(name: str, ds: tuple[int, ...], mpp: float, version: str) -> lis
     return [entry]
 
 
-def write_ome_zarr(path: str | Path, scene: Scene, *, mpp: float = 0.25, version: str = "0.5", workers: int = 1,
-                   on_row: Callable[[], None] | None = None) -> None:
+def write_ome_zarr(
+    path: str | Path, scene: Scene, *, mpp: float = 0.25, version: str = "0.5", workers: int = 1, on_row: Callable[[], None] | None = None
+) -> None:
     """Write `scene` as an OME-Zarr image group at `path` (replaced if present)."""
     if version not in VERSIONS:
         raise ValueError(f"{path}: OME-NGFF version {version!r} is not one of {', '.join(VERSIONS)}")
@@ -55,18 +56,25 @@ def write_ome_zarr(path: str | Path, scene: Scene, *, mpp: float = 0.25, version
     root = zarr.open_group(partial, mode="w", zarr_format=3 if v3 else 2)
     # zstd level 1: the grain makes tissue nearly incompressible, so higher levels cost time and save next to no space.
     layout: dict[str, Any] = (
-        {"dimension_names": ("c", "y", "x"), "compressors": ZstdCodec(level=1)} if v3
+        {"dimension_names": ("c", "y", "x"), "compressors": ZstdCodec(level=1)}
+        if v3
         else {"chunk_key_encoding": {"name": "v2", "separator": "/"}, "compressors": numcodecs.Zstd(level=1)}
     )
     ds = downsamples(scene.shape)
     arrays = [
-        root.create_array(str(lvl), shape=(3, scene.shape[0] // f, scene.shape[1] // f), chunks=(3, TILE, TILE),
-                          dtype=np.uint8, fill_value=palette.BACKGROUND, config={"write_empty_chunks": False},
-                          **layout)
+        root.create_array(
+            str(lvl),
+            shape=(3, scene.shape[0] // f, scene.shape[1] // f),
+            chunks=(3, TILE, TILE),
+            dtype=np.uint8,
+            fill_value=palette.BACKGROUND,
+            config={"write_empty_chunks": False},
+            **layout,
+        )
         for lvl, f in enumerate(ds)
     ]
     for lvl, y, rows in stream_levels(scene, workers=workers, on_row=on_row):
-        arrays[lvl][:, y:y + len(rows)] = rows.transpose(2, 0, 1)
+        arrays[lvl][:, y : y + len(rows)] = rows.transpose(2, 0, 1)
     meta = multiscales(path.name.split(".")[0], ds, mpp, version)
     root.attrs.update({"ome": {"version": "0.5", "multiscales": meta}} if v3 else {"multiscales": meta})
     if path.exists():

@@ -50,8 +50,15 @@ def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     return a + (b - a) * t
 
 
-def resample(nodes: np.ndarray | None, origin: tuple[int, int], shape: tuple[int, int],
-             spacing: tuple[float, float], *, seed: int = 0, stream: int = 0) -> np.ndarray:
+def resample(
+    nodes: np.ndarray | None,
+    origin: tuple[int, int],
+    shape: tuple[int, int],
+    spacing: tuple[float, float],
+    *,
+    seed: int = 0,
+    stream: int = 0,
+) -> np.ndarray:
     """Smooth (h, w) float32 field over pixels [y0, y0+h) x [x0, x0+w).
 
     Node values come from `nodes` (a 2-D grid indexed by lattice coordinates) or, when it is
@@ -66,7 +73,7 @@ def resample(nodes: np.ndarray | None, origin: tuple[int, int], shape: tuple[int
     if nodes is None:
         grid = uniform(seed, stream, np.arange(ky[0], ky[0] + ny)[:, None], np.arange(kx[0], kx[0] + nx)[None, :])
     else:
-        grid = nodes[ky[0]:ky[0] + ny, kx[0]:kx[0] + nx].astype(np.float32, copy=False)
+        grid = nodes[ky[0] : ky[0] + ny, kx[0] : kx[0] + nx].astype(np.float32, copy=False)
     rows = _lerp(grid[:, ix], grid[:, ix + 1], tx)
     out = rows[iy]
     step = rows[iy + 1]

@@ -30,8 +30,9 @@ class Nuclei:
         return Nuclei(self.y[keep], self.x[keep], self.ry[keep], self.rx[keep], self.angle[keep])
 
 
-def morphology(u_size: np.ndarray, u_aspect: np.ndarray, u_angle: np.ndarray,
-               size: tuple[float, float], aspect: tuple[float, float]) -> tuple[np.ndarray, ...]:
+def morphology(
+    u_size: np.ndarray, u_aspect: np.ndarray, u_angle: np.ndarray, size: tuple[float, float], aspect: tuple[float, float]
+) -> tuple[np.ndarray, ...]:
     """Semi-axes and angle from three uniforms: major in `size`, minor = major * `aspect`."""
     major = size[0] + (size[1] - size[0]) * u_size
     minor = major * (aspect[0] + (aspect[1] - aspect[0]) * u_aspect)
@@ -84,7 +85,6 @@ def stamp(alpha: np.ndarray, origin: tuple[int, int], nuclei: Nuclei) -> None:
     py = fy.astype(np.int64)[:, None] + off - origin[0]
     px = fx.astype(np.int64)[:, None] + off - origin[1]
     # Pixels off the canvas go to one spare bin past the end.
-    index = np.where(((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :],
-                     (py * w)[:, :, None] + px[:, None, :], h * w)
+    index = np.where(((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :], (py * w)[:, :, None] + px[:, None, :], h * w)
     alpha += np.bincount(index.ravel(), weights=cover.ravel(), minlength=h * w + 1)[: h * w].reshape(h, w)
     np.minimum(alpha, 1.0, out=alpha)

@@ -42,7 +42,7 @@ def block_mean(rows: np.ndarray, f: int) -> np.ndarray:
     acc = acc.reshape(h // f, w // f, f * c)
     out = acc[:, :, :c].copy()
     for i in range(1, f):
-        out += acc[:, :, i * c:(i + 1) * c]
+        out += acc[:, :, i * c : (i + 1) * c]
     out += f * f // 2
     out //= f * f
     return out.astype(np.uint8)
@@ -51,7 +51,7 @@ def block_mean(rows: np.ndarray, f: int) -> np.ndarray:
 def _render_row(scene: Scene, y: int) -> np.ndarray:
     row = np.empty((TILE, scene.shape[1], 3), dtype=np.uint8)
     for x in range(0, scene.shape[1], TILE):
-        row[:, x:x + TILE] = render_tile(scene, y, x)
+        row[:, x : x + TILE] = render_tile(scene, y, x)
     return row
 
 
@@ -71,8 +71,7 @@ def level0_rows(scene: Scene, workers: int = 1) -> Iterator[np.ndarray]:
             yield fut.result()
 
 
-def stream_levels(scene: Scene, *, workers: int = 1,
-                  on_row: Callable[[], None] | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+def stream_levels(scene: Scene, *, workers: int = 1, on_row: Callable[[], None] | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
     """(level, y, rows) for every tile row of every level, each row exactly once.
 
     Rows are (<=256, W_level, 3) uint8 and top-to-bottom within a level. The reduced rows that a

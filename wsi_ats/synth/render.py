@@ -24,8 +24,7 @@ BLANK.flags.writeable = False
 
 def _normal_nuclei(scene: Scene, y0: int, x0: int, reach: float) -> Nuclei:
     """Normal nuclei of the 3 x 3 cells around the tile that reach into it, lie in tissue, avoid blobs."""
-    cy, cx = np.meshgrid(np.arange(y0 // CELL - 1, y0 // CELL + 2), np.arange(x0 // CELL - 1, x0 // CELL + 2),
-                         indexing="ij")
+    cy, cx = np.meshgrid(np.arange(y0 // CELL - 1, y0 // CELL + 2), np.arange(x0 // CELL - 1, x0 // CELL + 2), indexing="ij")
     nuc = scatter(scene.seed, cy.ravel(), cx.ravel())
     keep = (nuc.y > y0 - reach) & (nuc.y < y0 + TILE + reach) & (nuc.x > x0 - reach) & (nuc.x < x0 + TILE + reach)
     keep &= (nuc.y >= 0) & (nuc.x >= 0) & (nuc.y < scene.shape[0]) & (nuc.x < scene.shape[1])
@@ -36,8 +35,9 @@ def _normal_nuclei(scene: Scene, y0: int, x0: int, reach: float) -> Nuclei:
     return nuc.select(keep)
 
 
-def _paint_nuclei(img: np.ndarray, origin: tuple[int, int], nuclei: Nuclei, colour: np.ndarray,
-                  grain: np.ndarray, clip: np.ndarray | None = None) -> None:
+def _paint_nuclei(
+    img: np.ndarray, origin: tuple[int, int], nuclei: Nuclei, colour: np.ndarray, grain: np.ndarray, clip: np.ndarray | None = None
+) -> None:
     """Blend nuclei of `colour` (with chromatin grain) over the planar (3, h, w) `img`, inside `clip`."""
     alpha = np.zeros(img.shape[1:], dtype=np.float32)
     stamp(alpha, origin, nuclei)

@@ -82,11 +82,18 @@ def _tiles(view: Slide, level: int, shape: tuple[int, int]) -> Iterator[np.ndarr
             yield tile
 
 
-def _write_tiff(path: Path, view: Slide, levels: list[int], shapes: list[tuple[int, int]], downsamples: Sequence[float],
-                mpp: float, quality: int) -> None:
+def _write_tiff(
+    path: Path, view: Slide, levels: list[int], shapes: list[tuple[int, int]], downsamples: Sequence[float], mpp: float, quality: int
+) -> None:
     H, W = shapes[0]
-    page = {"tile": (TILE, TILE), "photometric": "rgb", "compression": "jpeg", "compressionargs": {"level": quality},
-            "metadata": None, "dtype": np.uint8}
+    page = {
+        "tile": (TILE, TILE),
+        "photometric": "rgb",
+        "compression": "jpeg",
+        "compressionargs": {"level": quality},
+        "metadata": None,
+        "dtype": np.uint8,
+    }
     with tifffile.TiffWriter(path, bigtiff=H * W * 3 >= 2**31) as tif:
         for k, (level, shape, d) in enumerate(zip(levels, shapes, downsamples)):
             head = f"Aperio Image Library v12.0.0 \n{W}x{H} [0,0 {W}x{H}] ({TILE}x{TILE})"
@@ -94,12 +101,19 @@ def _write_tiff(path: Path, view: Slide, levels: list[int], shapes: list[tuple[i
                 head += f" -> {shape[1]}x{shape[0]}"
             tags = f" JPEG/RGB Q={quality}|AppMag = {APP_MAG}|MPP = {mpp}" if mpp else ""
             extra = {"resolution": (1e4 / (mpp * d), 1e4 / (mpp * d)), "resolutionunit": "CENTIMETER"} if mpp else {}
-            tif.write(_tiles(view, level, shape), shape=(*shape, 3), subfiletype=1 if k else 0,
-                      description=head + tags if mpp else None, **page, **extra)
+            tif.write(
+                _tiles(view, level, shape),
+                shape=(*shape, 3),
+                subfiletype=1 if k else 0,
+                description=head + tags if mpp else None,
+                **page,
+                **extra,
+            )
 
 
-def _write_zarr(path: Path, view: Slide, levels: list[int], shapes: list[tuple[int, int]], downsamples: Sequence[float],
-                mpp: float) -> None:
+def _write_zarr(
+    path: Path, view: Slide, levels: list[int], shapes: list[tuple[int, int]], downsamples: Sequence[float], mpp: float
+) -> None:
     root = zarr.open_group(path, mode="w", zarr_format=3)
     for k, (level, shape) in enumerate(zip(levels, shapes)):
         array = root.create_array(str(k), shape=(3, *shape), chunks=(3, TILE, TILE), dtype=np.uint8, dimension_names=("c", "y", "x"))
@@ -107,6 +121,8 @@ def _write_zarr(path: Path, view: Slide, levels: list[int], shapes: list[tuple[i
             array[:, y : y + len(rows)] = rows.transpose(2, 0, 1)
     unit = mpp or 1.0  # without a resolution the scales are plain downsamples
     axes = AXES if mpp else [{k: v for k, v in a.items() if k != "unit"} for a in AXES]
-    datasets = [{"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [1.0, unit * d, unit * d]}]}
-                for k, d in enumerate(downsamples)]
+    datasets = [
+        {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [1.0, unit * d, unit * d]}]}
+        for k, d in enumerate(downsamples)
+    ]
     root.attrs.update({"ome": {"version": "0.5", "multiscales": [{"name": path.name.split(".")[0], "axes": axes, "datasets": datasets}]}})

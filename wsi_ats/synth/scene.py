@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from wsi_ats.synth import palette
-from wsi_ats.synth.nuclei import CELL, NORMAL_ASPECT, NORMAL_PER_CELL, NORMAL_SIZE, Nuclei, morphology, stamp
 from wsi_ats.synth.noise import resample, sample_grid
+from wsi_ats.synth.nuclei import CELL, NORMAL_ASPECT, NORMAL_PER_CELL, NORMAL_SIZE, Nuclei, morphology, stamp
 
 TILE = 256
 #: Spacing of the tissue-field lattice in level-0 pixels.
@@ -46,8 +46,7 @@ def disc_box(center: tuple[float, float], radius: float) -> tuple[int, int, int,
     return (int(np.floor(cy - r)), int(np.floor(cx - r)), int(np.ceil(cy + r)), int(np.ceil(cx + r)))
 
 
-def disc_mask(center: tuple[float, float], radius: float, origin: tuple[int, int],
-              shape: tuple[int, int]) -> np.ndarray:
+def disc_mask(center: tuple[float, float], radius: float, origin: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
     """Boolean (h, w): pixels of the canvas at `origin` whose centres lie in the disc."""
     ys = np.arange(origin[0], origin[0] + shape[0]) + 0.5 - center[0]
     xs = np.arange(origin[1], origin[1] + shape[1]) + 0.5 - center[1]
@@ -109,10 +108,10 @@ def _tissue_field(shape: tuple[int, int], seed: int) -> np.ndarray:
     """Smooth noise on the GRID lattice, three octaves, faded to zero near the slide border."""
     ny, nx = shape[0] // GRID + 2, shape[1] // GRID + 2
     base = max(ny, nx) / 3.0
-    field = sum(
-        resample(None, (0, 0), (ny, nx), (base / 2**i, base / 2**i), seed=seed, stream=s) / 2**i
-        for i, s in enumerate(_FIELD_STREAMS)
-    ) / 1.75
+    field = (
+        sum(resample(None, (0, 0), (ny, nx), (base / 2**i, base / 2**i), seed=seed, stream=s) / 2**i for i, s in enumerate(_FIELD_STREAMS))
+        / 1.75
+    )
 
     def fade(n: int) -> np.ndarray:
         d = np.minimum(np.arange(n), n - 1 - np.arange(n)) / (0.12 * n)
@@ -159,8 +158,7 @@ def _mimic_nuclei(rng: np.random.Generator, center: tuple[float, float], radius:
     """Normal nuclei at the normal density, uniformly placed."""
     n = rng.poisson(NORMAL_PER_CELL / CELL**2 * 4 * radius**2)
     major, minor, angle = morphology(rng.random(n), rng.random(n), rng.random(n), NORMAL_SIZE, NORMAL_ASPECT)
-    return Nuclei(center[0] + rng.uniform(-radius, radius, n), center[1] + rng.uniform(-radius, radius, n),
-                  major, minor, angle)
+    return Nuclei(center[0] + rng.uniform(-radius, radius, n), center[1] + rng.uniform(-radius, radius, n), major, minor, angle)
 
 
 def mottle_field(seed: int, origin: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
@@ -189,8 +187,9 @@ def _make_blob(rng: np.random.Generator, seed: int, kind: str, center: tuple[flo
     return Blob(kind, center, radius, nuclei, background, colour, mottle.astype(np.float32), mottle_mean)
 
 
-def _place_blobs(rng: np.random.Generator, seed: int, field: np.ndarray, shape: tuple[int, int], floor: float,
-                 n: int, kind: str) -> tuple[Blob, ...]:
+def _place_blobs(
+    rng: np.random.Generator, seed: int, field: np.ndarray, shape: tuple[int, int], floor: float, n: int, kind: str
+) -> tuple[Blob, ...]:
     """Blobs at random points whose whole disc (plus a margin) lies in tissue, well apart."""
     angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
     separation = min(4 * BLOB_DIAMETER[1], min(shape) / 4)  # apart, yet room for 3 on a 1024-px slide
@@ -225,5 +224,15 @@ def make_scene(shape: tuple[int, int], *, positive: bool, seed: int, n_blobs: in
     blobs = _place_blobs(rng, seed, field, shape, threshold + jitter, n_blobs, "lesion" if positive else "mimic")
     windows = _tile_windows(field, shape)
     reach = jitter + soft / 2  # how far the jittered, anti-aliased edge strays from the threshold
-    return Scene(shape, seed, positive, field, threshold, jitter, soft, windows.max(axis=(2, 3)) > threshold - reach,
-                 windows.min(axis=(2, 3)) > threshold + reach, blobs)
+    return Scene(
+        shape,
+        seed,
+        positive,
+        field,
+        threshold,
+        jitter,
+        soft,
+        windows.max(axis=(2, 3)) > threshold - reach,
+        windows.min(axis=(2, 3)) > threshold + reach,
+        blobs,
+    )

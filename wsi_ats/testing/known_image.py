@@ -23,9 +23,7 @@ def known_image(shape: tuple[int, int] = SHAPE) -> np.ndarray:
     wrong tile show up.
     """
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
-    image = np.stack(
-        [128 + 90 * np.sin(xx / 37) * np.cos(yy / 53), 30 + 200 * xx / shape[1], 30 + 200 * yy / shape[0]], axis=-1
-    )
+    image = np.stack([128 + 90 * np.sin(xx / 37) * np.cos(yy / 53), 30 + 200 * xx / shape[1], 30 + 200 * yy / shape[0]], axis=-1)
     image[300:420, 500:700] = (200, 40, 90)
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
