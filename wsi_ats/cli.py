@@ -279,11 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "dense-features", help="the dense baseline: the recipe's encoder on every tissue tile (h5 bags), then a gated ABMIL head"
     )
-    s.add_argument("--manifest", required=True, type=Path)
+    s.add_argument("--manifest", required=True, type=Path, help="slide_id,path,label[,split] CSV: the slides to run the encoder on")
     s.add_argument("--config", required=True, help="a recipe: a TOML file, or the name of a shipped one")
     s.add_argument("--root", default=None, help="resolve the manifest's relative paths against ROOT (a folder or URL)")
     s.add_argument("--out", required=True, type=Path, help="OUT/features/<slide_id>.h5, OUT/abmil.pt, OUT/dense_metrics.json")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the head's training (default 0)")
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     s.add_argument("--cache", type=Path, default=None, help="folder keeping resampled levels of slides between runs")
     s.add_argument("--no-train", action="store_true", help="write the bags only, train no head")
