@@ -68,12 +68,12 @@ from harness import (
     machine_line,
     markdown_table,
     peak_rss_mib,
+    publish,
     rss_mib,
     run_child,
     save_figure,
     summary_row,
     warm_up_slide,
-    write_json,
 )
 
 from wsi_ats.demo import DEMO_COHORT
@@ -433,10 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (CACHE / "ats_vs_dense-quick.json" if quick else RESULTS / "ats_vs_dense.json")
     CACHE.mkdir(parents=True, exist_ok=True)
     result = run(args)
-    write_json(out, result)
-    plot(result, out.with_suffix(".png"))
-    print(markdown(result))
-    return 0
+    return publish(result, out, plot, markdown)
 
 
 if __name__ == "__main__":

@@ -46,10 +46,10 @@ from harness import (
     machine_line,
     markdown_table,
     peak_rss_mib,
+    publish,
     run_child,
     save_figure,
     summary_row,
-    write_json,
 )
 
 RECIPE = ROOT / "pipelines" / "synthetic_wsi.toml"
@@ -186,10 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = args.out or (CACHE / "quick" / "bad_input_memory.json" if args.quick else RESULTS / "bad_input_memory.json")
     result = run(args)
-    write_json(out, result)
-    plot(result, out.with_suffix(".png"))
-    print(markdown(result))
-    return 0
+    return publish(result, out, plot, markdown)
 
 
 if __name__ == "__main__":

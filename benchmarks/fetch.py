@@ -45,10 +45,10 @@ from harness import (
     machine_info,
     machine_line,
     peak_rss_mib,
+    publish,
     run_child,
     save_figure,
     summary_row,
-    write_json,
 )
 
 from wsi_ats.engine.fetch import fetch_patches_with_stats
@@ -294,10 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or (CACHE / "fetch-quick.json" if args.quick else RESULTS / "fetch.json")
     args.cache.mkdir(parents=True, exist_ok=True)
     result = run(args)
-    write_json(args.out, result)
-    plot(result, args.out.with_suffix(".png"))
-    print(markdown(result))
-    return 0
+    return publish(result, args.out, plot, markdown)
 
 
 if __name__ == "__main__":

@@ -282,6 +282,14 @@ def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     return path
 
 
+def publish(result: dict[str, Any], out: str | Path, plot: Any, table: Any) -> int:
+    """How every benchmark ends: its JSON at ``out``, ``plot(result, path)`` beside it as PNG, ``table(result)`` printed; exit 0."""
+    write_json(out, result)
+    plot(result, Path(out).with_suffix(".png"))
+    print(table(result))
+    return 0
+
+
 def summary_row(metric: str, value: Any, target: Any = None, met: bool | None = None) -> dict[str, Any]:
     """One headline figure for the JSON's ``summary`` list, which `run.py` puts in the results README."""
     return {"metric": metric, "value": value, "target": target, "met": None if met is None else bool(met)}

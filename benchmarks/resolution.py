@@ -51,12 +51,12 @@ from harness import (
     machine_line,
     markdown_table,
     peak_rss_mib,
+    publish,
     rss_mib,
     run_child,
     save_figure,
     summary_row,
     warm_up_slide,
-    write_json,
 )
 
 RECIPE = ROOT / "pipelines" / "synthetic_wsi.toml"
@@ -267,10 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (CACHE / "resolution-quick.json" if args.quick else RESULTS / "resolution.json")
     os.makedirs(CACHE, exist_ok=True)
     result = run(args)
-    write_json(out, result)
-    plot(result, out.with_suffix(".png"))
-    print(markdown(result))
-    return 0
+    return publish(result, out, plot, markdown)
 
 
 if __name__ == "__main__":

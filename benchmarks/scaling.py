@@ -47,9 +47,9 @@ from harness import (
     machine_info,
     machine_line,
     markdown_table,
+    publish,
     save_figure,
     summary_row,
-    write_json,
 )
 
 RECIPE = ROOT / "pipelines" / "synthetic_wsi.toml"
@@ -204,10 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or (CACHE / "scaling-quick.json" if args.quick else RESULTS / "scaling.json")
     args.cache.mkdir(parents=True, exist_ok=True)
     result = run(args)
-    write_json(args.out, result)
-    plot(result, args.out.with_suffix(".png"))
-    print(markdown(result))
-    return 0
+    return publish(result, args.out, plot, markdown)
 
 
 if __name__ == "__main__":

@@ -36,11 +36,11 @@ from harness import (
     machine_line,
     markdown_table,
     peak_rss_mib,
+    publish,
     rss_mib,
     run_child,
     save_figure,
     summary_row,
-    write_json,
 )
 
 SUFFIX = {"tiff": ".tiff", "zarr": ".ome.zarr"}
@@ -212,10 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_child(args.size, args.format, args.workers, args.seed, args.dir)))
         return 0
     result = run(args)
-    write_json(args.out, result)
-    plot(result, args.out.with_suffix(".png"))
-    print(markdown(result))
-    return 0
+    return publish(result, args.out, plot, markdown)
 
 
 if __name__ == "__main__":

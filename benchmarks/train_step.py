@@ -45,11 +45,11 @@ from harness import (
     machine_line,
     markdown_table,
     peak_rss_mib,
+    publish,
     run_child,
     save_figure,
     sparse_copy,
     summary_row,
-    write_json,
 )
 
 RECIPE = ROOT / "pipelines" / "synthetic_wsi.toml"
@@ -238,10 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (1 if args.quick else 3)
     out = args.out or (CACHE / "train_step-quick.json" if args.quick else RESULTS / "train_step.json")
     result = run(size, steps, rounds, args.config.resolve(), args.threads)
-    write_json(out, result)
-    plot(result, out.with_suffix(".png"))
-    print(markdown(result))
-    return 0
+    return publish(result, out, plot, markdown)
 
 
 if __name__ == "__main__":
