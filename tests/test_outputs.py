@@ -88,7 +88,8 @@ def test_csv_columns_are_the_contract_then_one_probability_per_class(tmp_path):
     rows = [result_row(make_result(), "/data/s1.tif", 1.0)]
     assert columns(rows) == [
         "slide_id", "path", "status", "error", "warning", "prediction", "probability",
-        "prob_benign", "prob_tumour", "seconds", "patches_fetched",
+        "prob_benign", "prob_tumour", "probability_se", "probability_low", "probability_high", "draws", "confident",
+        "seconds", "patches_fetched",
     ]  # fmt: skip
 
 

@@ -147,6 +147,14 @@ def _bench_runner(root: Path | None) -> Path | None:
     return None
 
 
+def _draws(text: str) -> int | str:
+    """``--draws``: a positive count or ``auto``."""
+    return "auto" if text == "auto" else _positive(int)(text)
+
+
+_draws.__name__ = "draws (a positive integer or 'auto')"
+
+
 def _positive(kind: type) -> Callable[[str], Any]:
     """An argparse type: a number of ``kind`` above zero (argparse turns the ValueError into a usage error, exit 2)."""
 
@@ -262,7 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=int, default=0, help="seed of the sampling; each slide's is derived from it and its id (default 0)")
     s.add_argument("--topk", action="store_true", help="deterministic top-k patches instead of sampling")
-    s.add_argument("--draws", type=_positive(int), default=1, help="average the prediction over K Monte-Carlo draws")
+    s.add_argument(
+        "--draws",
+        type=_draws,
+        default=1,
+        help="average the prediction over K Monte-Carlo draws; 'auto': draw in batches until the class is settled (default 1)",
+    )
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     s.add_argument(
         "--mpp",

@@ -36,7 +36,7 @@ def predict_command(
     workers: int | None = None,
     seed: int = 0,
     topk: bool = False,
-    draws: int = 1,
+    draws: int | str = 1,
     device: str | None = None,
     mpp: float | None = None,
     cache: str | os.PathLike[str] | None = None,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wsi_ats.discover import SlideIdConflict, SlideSource, Taken, default_slide_id, discover
+from wsi_ats.engine.confidence import AUTO, Draws
 from wsi_ats.manifest import ManifestRow
 from wsi_ats.outputs import (
     OK,
@@ -104,7 +105,7 @@ def predict_with_seed(
     slide_id: str,
     seed: int,
     topk: bool,
-    draws: int,
+    draws: Draws,
     cache: str | None = None,
     plan: SlidePlan | None = None,
 ) -> SlideResult:
@@ -137,7 +138,7 @@ def predict_one(
     mpp: float | None = None,
     *,
     topk: bool = False,
-    draws: int = 1,
+    draws: Draws = 1,
     device: str | None = None,
     cache: str | None = None,
     save_features: bool = False,
@@ -166,7 +167,7 @@ def predict_one(
             plan = plan_slide(net, slide, cache=cache)
             with captured_embeddings(net) if save_features else nullcontext([]) as embeddings:
                 result = predict_with_seed(net, slide, slide_id, seed, topk, draws, cache, plan)
-            files = slide_files(result, thumbnail(plan, THUMBNAIL_SIZE), slide.levels[0].shape, 1 if topk else draws)
+            files = slide_files(result, thumbnail(plan, THUMBNAIL_SIZE), slide.levels[0].shape, 1 if topk else max(result.draws, 1))
             if save_features and result.judged:
                 files["features.h5"] = bag_bytes(sampled_bag(net, result, embeddings, slide.mpp))
     except Exception as err:  # noqa: BLE001 - a bad slide fails its row, never the batch
@@ -188,18 +189,18 @@ class Pipeline:
         device: str | None = None,
         seed: int = 0,
         topk: bool = False,
-        draws: int = 1,
+        draws: Draws = 1,
         predict_fn: Callable[..., SlideOutcome] = predict_one,
         *,
         mpp: float | None = None,
         cache: str | os.PathLike[str] | None = None,
         save_features: bool = False,
     ) -> None:
-        if draws < 1:
-            raise ValueError(f"draws must be at least 1, got {draws}")
+        if draws != AUTO and (isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
+            raise ValueError(f"draws must be at least 1 or {AUTO!r}, got {draws!r}")
         self.model_path = os.path.abspath(model_path)
         self.device = device
-        self.seed, self.topk, self.draws = int(seed), bool(topk), int(draws)
+        self.seed, self.topk, self.draws = int(seed), bool(topk), draws
         #: Resolution for slides whose manifest row gives none (overrides their files); resampled-level cache folder.
         self.mpp, self.cache = mpp, None if cache is None else os.fspath(cache)
         self.predict_fn = predict_fn  # what run_many does per slide; `predict_one`'s signature
@@ -219,7 +220,7 @@ class Pipeline:
             return predict_with_seed(self.model, slide, slide_id or default_slide_id(source), *self._options)
 
     @property
-    def _options(self) -> tuple[int, bool, int, str | None]:
+    def _options(self) -> tuple[int, bool, Draws, str | None]:
         return self.seed, self.topk, self.draws, self.cache
 
     def run_many(

@@ -22,8 +22,12 @@ class SlideResult:
 
     ``warnings`` say why the slide cannot be judged (too small, blank, no tissue, an
     implausible resolution); a result with any carries no class: its probabilities are NaN,
-    its attention map and patches empty, and `prediction` is None. A later "confident"
-    flag can only ever be set on a result without warnings.
+    its attention map and patches empty, and `prediction` is None.
+
+    ``probability_se`` are the standard errors of ``probabilities`` over the ``draws`` draws
+    (NaN with one draw), ``interval`` the top class's probability interval, and ``confident``
+    whether the predicted class is settled (`wsi_ats.engine.confidence`); never on a result
+    with warnings (``draws`` 0).
     """
 
     slide_id: str
@@ -45,6 +49,10 @@ class SlideResult:
     slide_shape: tuple[int, int] | None = None
     mpp: float | None = None
     top_patches: np.ndarray | None = None
+    probability_se: np.ndarray | None = None
+    interval: tuple[float, float] | None = None
+    draws: int = 0
+    confident: bool = False
 
     @property
     def judged(self) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 from wsi_ats.device import autocast, to_device
 from wsi_ats.engine.assemble import slide_result, unjudged_result
 from wsi_ats.engine.attention import tissue_logits
+from wsi_ats.engine.confidence import AUTO, AUTO_BATCH, Draws, confidence, settled
 from wsi_ats.engine.coordinates import patch_corners
 from wsi_ats.engine.fetch import fetch_patches
 from wsi_ats.engine.plan import SlidePlan, plan_slide
@@ -73,19 +75,24 @@ def predict_slide(
     *,
     slide_id: str,
     seed: int = 0,
-    draws: int = 1,
+    draws: Draws = 1,
     topk: bool = False,
     client: Any = None,
     cache: str | os.PathLike[str] | None = None,
     plan: SlidePlan | None = None,
 ) -> SlideResult:
-    """Class probabilities of one slide, averaged over ``draws`` samples (or from the top-``n`` cells).
+    """Class probabilities of one slide, averaged over ``draws`` samples (or from the top-``n`` cells), with their confidence.
 
-    Deterministic for a given ``seed``; the model is put in eval mode for the call.
+    ``draws="auto"`` draws in batches until the predicted class is settled, its margin is known
+    closely enough, or a cap is reached (`wsi_ats.engine.confidence`); the draws are the first
+    ones a fixed count would make with the same ``seed``. Deterministic for a given ``seed``;
+    the model is put in eval mode for the call.
     ``cache``: a folder keeping the slide's resampled levels between runs (`plan_slide`);
     ``plan``: the slide's plan when the caller made it already. A slide the model cannot
     judge gets a result with its ``warnings`` and no class, and no network runs on it.
     """
+    if draws != AUTO and (isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
+        raise ValueError(f"draws must be a positive integer or {AUTO!r}, got {draws!r}")
     start, was_training = time.perf_counter(), model.training
     if plan is None:
         plan = plan_slide(model, slide, cache=cache)
@@ -94,25 +101,33 @@ def predict_slide(
             slide_id=slide_id, source=slide.source, class_names=model.class_names, plan=plan, seconds=time.perf_counter() - start
         )
     model.eval()
+    outs, corners, pixels = [], [], []
     try:
         generator = torch.Generator(device=model.device).manual_seed(int(seed))
         patches = SlidePatches(model, plan, client)
         with autocast(model.device):
             logits = tissue_logits(model, read_windows(plan), plan)
-            out = model(logits, patches, draws=draws, topk=topk, generator=generator)
-        probabilities = torch.softmax(out.logits.float(), dim=-1).mean(dim=0)
+            while True:
+                outs.append(model(logits, patches, draws=AUTO_BATCH if draws == AUTO else draws, topk=topk, generator=generator))
+                corners.append(patches.corners)
+                pixels.append(patches.pixels)
+                per_draw = torch.softmax(torch.cat([o.logits.float() for o in outs]), dim=-1).cpu().numpy()
+                conf = confidence(per_draw)
+                if draws != AUTO or topk or settled(conf):
+                    break
     finally:
         model.train(was_training)
-    return slide_result(
+    result = slide_result(
         slide_id=slide_id,
         source=slide.source,
         class_names=model.class_names,
         plan=plan,
-        probabilities=probabilities.cpu().numpy(),
-        attention=out.attention[0].cpu().numpy(),
-        top_left=patches.corners,
-        patch_pixels=patches.pixels,
+        probabilities=conf.probabilities,
+        attention=outs[0].attention[0].cpu().numpy(),
+        top_left=np.concatenate(corners),
+        patch_pixels=np.concatenate(pixels),
         patch_size=model.patch_size,
-        patch_attention=out.probs.reshape(-1).cpu().numpy(),
+        patch_attention=torch.cat([o.probs.reshape(-1) for o in outs]).cpu().numpy(),
         seconds=time.perf_counter() - start,
     )
+    return replace(result, probability_se=conf.standard_error, interval=conf.interval, draws=conf.draws, confident=conf.confident)

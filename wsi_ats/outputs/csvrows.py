@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from wsi_ats.outputs.atomic import atomic_write_bytes
 from wsi_ats.result import SlideResult
 
@@ -25,6 +27,9 @@ HEAD_COLUMNS = ("slide_id", "path", "status", "error", "warning", "prediction", 
 #: Head columns a file written before the ``warning`` column existed may lack (read as ``""``).
 OPTIONAL_COLUMNS = ("warning",)
 TAIL_COLUMNS = ("seconds", "patches_fetched")
+#: How sure the prediction is (`wsi_ats.engine.confidence`): the standard error and interval of ``probability``
+#: over the ``draws``, and whether the class is settled (``true``/``false``; never true unless ``ok``).
+CONFIDENCE_COLUMNS = ("probability_se", "probability_low", "probability_high", "draws", "confident")
 #: Columns that change between identical runs; compare runs without them. ``bytes_read`` is smaller
 #: when the process already holds the slide's parsed header (a batch's worker, a second run in one process).
 TIMING_COLUMNS = ("seconds", "bytes_read")
@@ -52,8 +57,24 @@ def result_row(result: SlideResult, path: str, seconds: float) -> Row:
     }
     if result.judged:
         row.update({f"{PROB_PREFIX}{c}": float(p) for c, p in zip(result.class_names, result.probabilities)})
+    row.update(_confidence_cells(result))
     row.update(seconds=float(seconds), patches_fetched=int(result.patches_fetched))
     return row
+
+
+def _confidence_cells(result: SlideResult) -> Row:
+    if not result.judged or result.probability_se is None or result.interval is None:
+        return {**dict.fromkeys(CONFIDENCE_COLUMNS), "draws": result.draws or None, "confident": False}
+    top = int(np.argmax(result.probabilities))
+    low, high = (None if np.isnan(v) else float(v) for v in result.interval)
+    se = float(result.probability_se[top])
+    return {
+        "probability_se": None if np.isnan(se) else se,
+        "probability_low": low,
+        "probability_high": high,
+        "draws": int(result.draws),
+        "confident": bool(result.confident),
+    }
 
 
 def error_row(slide_id: str, path: str, error: str, seconds: float) -> Row:
@@ -66,6 +87,8 @@ def error_row(slide_id: str, path: str, error: str, seconds: float) -> Row:
         "warning": "",
         "prediction": "",
         "probability": None,
+        **dict.fromkeys(CONFIDENCE_COLUMNS),
+        "confident": False,
         "seconds": float(seconds),
         "patches_fetched": None,
     }
@@ -84,10 +107,10 @@ def columns(rows: list[Row]) -> list[str]:
     """Head columns, every ``prob_<class>`` in order of first appearance, tail, then any others."""
     extra: dict[str, None] = {}
     for row in rows:
-        extra.update(dict.fromkeys(k for k in row if k not in HEAD_COLUMNS and k not in TAIL_COLUMNS))
+        extra.update(dict.fromkeys(k for k in row if k not in (*HEAD_COLUMNS, *CONFIDENCE_COLUMNS, *TAIL_COLUMNS)))
     probs = [k for k in extra if k.startswith(PROB_PREFIX)]
     others = [k for k in extra if not k.startswith(PROB_PREFIX)]
-    return [*HEAD_COLUMNS, *probs, *TAIL_COLUMNS, *others]
+    return [*HEAD_COLUMNS, *probs, *CONFIDENCE_COLUMNS, *TAIL_COLUMNS, *others]
 
 
 def complete(rows: list[Row]) -> list[Row]:
@@ -101,15 +124,19 @@ def _cell(column: str, value: Any) -> str:
         return ""
     if column == "seconds":
         return f"{value:.3f}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
     return str(value)
 
 
 def _parse(column: str, text: str) -> Any:
-    if column == "patches_fetched" or column in BYTES_COLUMNS:
+    if column in ("patches_fetched", "draws") or column in BYTES_COLUMNS:
         return int(text) if text else None
-    if column in ("probability", "seconds") or column.startswith(PROB_PREFIX):
+    if column == "confident":
+        return text == "true"
+    if column in ("probability", "seconds", "probability_se", "probability_low", "probability_high") or column.startswith(PROB_PREFIX):
         return float(text) if text else None
     return text
 
