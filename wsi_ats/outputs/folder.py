@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from wsi_ats.outputs.atomic import atomic_write_bytes, remove_stale_temps
-from wsi_ats.outputs.geojson import patches_geojson
+from wsi_ats.outputs.geojson import attention_geojson, patches_geojson
 from wsi_ats.outputs.heatmap import render_heatmap_png
 from wsi_ats.result import SlideResult
 
 HEATMAP, ATTENTION, ATTENTION_META, PATCHES = "attention.png", "attention.npy", "attention.json", "patches.geojson"
-SLIDE_FILES = (HEATMAP, ATTENTION, ATTENTION_META, PATCHES)
+#: The highest-attention tissue cells as QuPath detections (`attention_geojson`).
+ATTENTION_CELLS = "attention.geojson"
+SLIDE_FILES = (HEATMAP, ATTENTION, ATTENTION_META, PATCHES, ATTENTION_CELLS)
 
 
 def attention_sidecar(result: SlideResult) -> dict:
@@ -45,6 +47,7 @@ def slide_files(result: SlideResult, thumbnail: np.ndarray | None, level0_shape:
         ATTENTION: npy.getvalue(),
         ATTENTION_META: json.dumps(attention_sidecar(result), indent=2).encode(),
         PATCHES: json.dumps(patches_geojson(result, draws)).encode(),
+        ATTENTION_CELLS: json.dumps(attention_geojson(result)).encode(),
     }
 
 
