@@ -27,6 +27,7 @@ from wsi_ats.commands import predict_command
 from wsi_ats.discover import discover, slide_stem
 from wsi_ats.manifest import ManifestRow
 from wsi_ats.outputs import PREDICTIONS_CSV, error_row, folder_name, read_predictions, slide_folder_complete, write_predictions
+from wsi_ats.outputs.report import REPORT_HTML
 from wsi_ats.pipeline import Pipeline, predict_one
 
 
@@ -101,7 +102,7 @@ def test_files_named_with_dots_keep_their_ids_and_write_only_inside_out(pipeline
     rows = pipeline.run_many(dots, out, verbose=False)
     assert [(r["slide_id"], r["path"], r["status"]) for r in rows] == [("..", str(dots[0]), "ok"), (".", str(dots[1]), "ok")]
     assert ids_status(read_predictions(out / PREDICTIONS_CSV)) == [("..", "ok"), (".", "ok")]
-    assert visible(out) == sorted([folder_name(".."), folder_name("."), PREDICTIONS_CSV])
+    assert visible(out) == sorted([folder_name(".."), folder_name("."), PREDICTIONS_CSV, REPORT_HTML])
     assert all(slide_folder_complete(out / folder_name(sid)) for sid in ("..", "."))
     assert snapshot(tmp_path, out) == before  # nothing written, changed or deleted outside OUT
 
@@ -113,7 +114,7 @@ def test_manifest_ids_with_nul_control_characters_300_characters_or_tex_get_rows
     rows = pipeline.run_many([ManifestRow(sid, str(slides[0]), "positive") for sid in ids], out, verbose=False)
     assert ids_status(rows) == [(sid, "ok") for sid in ids]
     assert [r["slide_id"] for r in read_predictions(out / PREDICTIONS_CSV)] == ids  # the CSV keeps each id exactly
-    assert visible(out) == sorted([*map(folder_name, ids), PREDICTIONS_CSV])
+    assert visible(out) == sorted([*map(folder_name, ids), PREDICTIONS_CSV, REPORT_HTML])
     assert all(slide_folder_complete(out / folder_name(sid)) for sid in ids)
     assert snapshot(tmp_path, out) == before
 
@@ -121,7 +122,7 @@ def test_manifest_ids_with_nul_control_characters_300_characters_or_tex_get_rows
 @pytest.mark.parametrize(
     "slide_id",
     ["..", ".", "", "a/b", "../../etc", "a\\b", "a\0b", "tab\there", "bell\x07", "rtl\u202eoverride", "caf\udce9",
-     ".evil.tmp", ".wsi-ats", "CON", "con.txt", "Lpt1", "predictions.csv", "PREDICTIONS.CSV", "summary.json",
+     ".evil.tmp", ".wsi-ats", "CON", "con.txt", "Lpt1", "predictions.csv", "PREDICTIONS.CSV", "summary.json", "Report.html",
      "x" * 300, "é" * 60, "ends.", "ends ", "a:b", "what?", 'quote"d', "case~0123456789abcdef"],
 )  # fmt: skip
 def test_an_id_that_is_not_a_safe_name_maps_to_one_inside_out(slide_id, tmp_path):
@@ -295,7 +296,7 @@ def test_a_read_only_out_exits_2_in_one_line_and_keeps_the_previous_csv(model, s
         r"\((Permission denied|Operation not permitted)\); make it writable or give another --out\n",
         capsys.readouterr().err,
     )
-    assert (out / PREDICTIONS_CSV).read_bytes() == csv_before and visible(out) == ["case1", PREDICTIONS_CSV]
+    assert (out / PREDICTIONS_CSV).read_bytes() == csv_before and visible(out) == ["case1", PREDICTIONS_CSV, REPORT_HTML]
 
 
 def test_an_out_that_is_a_file_exits_2_in_one_line_and_stays_as_it_was(model, slides, tmp_path, capsys):

@@ -110,7 +110,9 @@ def test_a_good_row_holds_the_prediction_its_probabilities_and_patch_count(batch
 
 def test_outputs_exist_for_good_slides_only_and_the_csv_says_what_was_returned(batch):
     _, out, rows = batch
-    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == sorted([*GOOD, "predictions.csv"])  # .wsi-ats: the lock
+    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == sorted(
+        [*GOOD, "predictions.csv", "report.html"]
+    )  # .wsi-ats: the lock
     for sid in GOOD:
         assert sorted(os.listdir(out / sid)) == sorted(SLIDE_FILES)
     on_disk = read_predictions(out / "predictions.csv")

@@ -58,7 +58,13 @@ def test_a_folder_with_bad_slides_exits_1_with_a_row_for_each_and_outputs_for_th
     assert statuses(tmp_path / "out") == {
         "empty": "error", "good_tiff": "ok", "good_zarr": "ok", "text": "error", "truncated": "error",
     }  # fmt: skip
-    assert sorted(os.listdir(tmp_path / "out")) == [".wsi-ats", "good_tiff", "good_zarr", "predictions.csv"]  # .wsi-ats: the lock
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        ".wsi-ats",
+        "good_tiff",
+        "good_zarr",
+        "predictions.csv",
+        "report.html",
+    ]  # .wsi-ats: the lock
     assert "README.txt" in done.stderr  # skipped with a note
     assert "3 failed" in done.stdout  # the summary
 
@@ -76,7 +82,12 @@ def test_a_manifest_row_whose_file_is_missing_fails_that_row_and_exits_1(model_a
     assert [(r["slide_id"], r["status"]) for r in rows] == [("gone", "error"), ("text", "error")]
     assert rows[0]["error"].startswith("FileNotFoundError") and str(tmp_path / "gone.svs") in rows[0]["error"]
     assert rows[1]["error"].startswith(f"SlideError: {tmp_path / 'text.svs'}: ")
-    assert sorted(os.listdir(tmp_path / "out")) == [".wsi-ats", "predictions.csv", "summary.json"]  # no slide folder; labels: a summary
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        ".wsi-ats",
+        "predictions.csv",
+        "report.html",
+        "summary.json",
+    ]  # no slide folder; labels: a summary
 
 
 def test_a_bad_manifest_exits_2_naming_the_line_before_any_slide(model_and_manifest, tmp_path):

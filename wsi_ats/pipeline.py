@@ -48,6 +48,7 @@ from wsi_ats.outputs import (
     write_slide_folder,
 )
 from wsi_ats.outputs.outdir import claim_output_folder, describe_os_error
+from wsi_ats.outputs.report import REPORT_HTML, write_report
 from wsi_ats.result import SlideResult
 
 if TYPE_CHECKING:
@@ -282,7 +283,9 @@ class Pipeline:
             if force or start - last_end >= FLUSH_RATIO * last_cost:
                 ours = [rows[sid] for sid in ids if sid in rows]
                 try:
-                    write_predictions(csv_path, merge_rows(ours, _read_rows(csv_path)))
+                    merged = merge_rows(ours, _read_rows(csv_path))
+                    write_predictions(csv_path, merged)
+                    write_report(out / REPORT_HTML, merged)
                 except OSError as err:
                     raise describe_os_error(csv_path, err, "write the predictions") from None
                 last_end = time.perf_counter()

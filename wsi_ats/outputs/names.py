@@ -15,7 +15,7 @@ import re
 import unicodedata
 
 #: Names of OUT's own files, compared case-insensitively: a slide folder never takes one.
-OUT_FILES = ("predictions.csv", "summary.json")
+OUT_FILES = ("predictions.csv", "summary.json", "report.html")
 #: Longest id kept as its folder name, in UTF-8 bytes (file systems allow 255; eCryptfs 143).
 MAX_FOLDER_BYTES = 100
 #: Characters no folder name holds: path separators and what Windows file systems refuse.
