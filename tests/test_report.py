@@ -61,7 +61,7 @@ def test_the_report_needs_no_network_and_its_links_are_the_slides_files(batch):
     parser.feed((out / REPORT_HTML).read_text())
     files = [t for t in parser.targets if not t.startswith("#")]
     assert files and not any(re.match(r"^[a-z]+:", t) for t in files)
-    assert all((out / unquote(t)).is_file() for t in files)
+    assert all((out / unquote(t)).exists() for t in files)  # files, and the OME-Zarr folder
 
 
 def test_a_slide_id_with_markup_is_escaped():
