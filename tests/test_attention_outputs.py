@@ -109,3 +109,12 @@ def test_the_ome_zarr_places_each_cell_on_its_level0_square_in_micrometres(predi
             assert centre == pytest.approx(np.multiply(((y0 + y1) / 2, (x0 + x1) / 2), result.mpp))
         assert scale == pytest.approx([result.attention_downsample * 2**k * result.mpp] * 2)
         assert levels[k].shape == tuple(-(-n // 2**k) for n in levels[0].shape)
+
+
+def test_a_killed_runs_half_written_store_is_swept_when_the_folder_is_written_again(predicted, tmp_path):
+    _, _, files = predicted
+    half = tmp_path / "s" / ".attention.ome.zarr.tmp-999999" / "0"
+    half.mkdir(parents=True)
+    (half / "zarr.json").write_text("{")
+    write_slide_folder(tmp_path / "s", files)
+    assert sorted(os.listdir(tmp_path / "s")) == sorted(SLIDE_FILES)

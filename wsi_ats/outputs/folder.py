@@ -77,7 +77,8 @@ def write_slide_folder(folder: str | os.PathLike[str], files: dict[str, bytes]) 
 
 def _write_store(target: Path, files: dict[str, bytes]) -> None:
     temp, old = target.with_name(f".{target.name}.tmp-{os.getpid()}"), target.with_name(f".{target.name}.old-{os.getpid()}")
-    shutil.rmtree(temp, ignore_errors=True)
+    for stale in target.parent.glob(f".{target.name}.*-*"):  # a killed run's half store (the folder is this run's now)
+        shutil.rmtree(stale, ignore_errors=True)
     for inner, data in files.items():
         path = temp / inner
         path.parent.mkdir(parents=True, exist_ok=True)
