@@ -43,7 +43,7 @@ def untimed(rows):
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}  # + the OME-Zarr store
 
 
 # -- per-slide functions run on the workers (importable from this module) ---------------------------
