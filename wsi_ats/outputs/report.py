@@ -82,7 +82,7 @@ def render_report(rows: list[Row], title: str = "wsi-ats predictions") -> str:
     failures = "".join(f"<li><b>{_e(r['slide_id'])}</b> ({_e(r['status'])}): {_e(r['error'] or r['warning'])}</li>" for r in failed)
     table = "".join(
         f'<tr class="{"" if r.get("confident") or r["status"] != OK else "uncertain"}">'
-        f'<td><a href="#{_e(_url(r["slide_id"]))}">{_e(r["slide_id"])}</a></td><td>{_e(r["prediction"])}</td>'
+        f"<td>{_slide_cell(r)}</td><td>{_e(r['prediction'])}</td>"
         f'<td data-v="{_e(r.get("probability") if r.get("probability") is not None else -1)}">{_e(_probability(r))}</td>'
         f'<td>{_e("yes" if r.get("confident") else "no")}</td><td class="{_e(r["status"])}">{_e(r["status"])}</td>'
         f"<td>{_e(r.get('draws') if r.get('draws') is not None else '')}</td><td>{(r.get('seconds') or 0.0):.2f}</td></tr>"
@@ -97,6 +97,13 @@ def render_report(rows: list[Row], title: str = "wsi-ats predictions") -> str:
         "<th>confident</th><th>status</th><th>draws</th><th>seconds</th></tr></thead>"
         f"<tbody>{table}</tbody></table><h2>Attention</h2>{slides}<script>{_SCRIPT}</script></body></html>"
     )
+
+
+def _slide_cell(row: Row) -> str:
+    """The slide's id, linked to its card below when it has one (a failed slide has none)."""
+    if row["status"] == ERROR:
+        return _e(row["slide_id"])
+    return f'<a href="#{_e(_url(row["slide_id"]))}">{_e(row["slide_id"])}</a>'
 
 
 def _slide_card(row: Row) -> str:
