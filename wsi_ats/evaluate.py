@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from wsi_ats.engine.coordinates import patch_corners
-from wsi_ats.engine.plan import plan_slide
+from wsi_ats.engine.plan import SlidePlan, plan_slide
 from wsi_ats.engine.run import predict_slide
 from wsi_ats.manifest import ManifestRow
 from wsi_ats.models import ATSModel
-from wsi_ats.readers import Slide, open_slide
+from wsi_ats.readers import open_slide
 from wsi_ats.result import SlideResult
 
 
@@ -51,9 +51,10 @@ def evaluate(
     nll, correct, where = [], [], []
     for row in rows:
         with open_slide(row.path, mpp=row.mpp) as slide:
-            result = predict_slide(model, slide, slide_id=row.slide_id, seed=seed, draws=draws, topk=topk, client=client)
+            plan = plan_slide(model, slide)  # once: the prediction and the truth scoring share it
+            result = predict_slide(model, slide, slide_id=row.slide_id, seed=seed, draws=draws, topk=topk, client=client, plan=plan)
             if row.slide_id in truth:
-                where.append(attention_on_truth(model, slide, result, truth[row.slide_id]))
+                where.append(attention_on_truth(model, plan, result, truth[row.slide_id]))
         p = float(result.probabilities[index[row.label]]) if row.label in index else 0.0
         nll.append(-math.log(max(p, 1e-12)))
         correct.append(result.prediction == row.label)
@@ -64,16 +65,15 @@ def evaluate(
     return out
 
 
-def attention_on_truth(model: ATSModel, slide: Slide, result: SlideResult, boxes: np.ndarray) -> dict[str, float]:
-    """Sampled-patch hits, their uniform-sampling baseline, and the tissue share of the boxes on one slide."""
+def attention_on_truth(model: ATSModel, plan: SlidePlan, result: SlideResult, boxes: np.ndarray) -> dict[str, float]:
+    """Sampled-patch hits, their uniform-sampling baseline, and the tissue share of the boxes on the slide of ``plan``."""
     size = result.patch_size_level0
-    plan = plan_slide(model, slide)
     drawn = _overlaps(result.patch_top_left.astype(np.float64), size, boxes)
     # Every tissue cell's patch, as the engine would place it if that cell were drawn.
     every = patch_corners(plan, torch.arange(len(plan.cells)), model.patch_size) * plan.high_downsample
     uniform = _overlaps(every, size, boxes)
     area = float(np.prod(boxes[:, 2:] - boxes[:, :2], axis=1).sum())
-    tissue = plan.tissue.mask.sum() * plan.tissue.downsample**2 if plan.tissue is not None else np.prod(slide.levels[0].shape)
+    tissue = plan.tissue.mask.sum() * plan.tissue.downsample**2 if plan.tissue is not None else np.prod(plan.slide.levels[0].shape)
     return {
         "patches_on_truth": float(drawn.mean()) if len(drawn) else 0.0,
         "patches_on_truth_uniform": float(uniform.mean()) if len(uniform) else 0.0,
