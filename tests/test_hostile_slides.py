@@ -24,7 +24,9 @@ from wsi_ats import open_slide
 from wsi_ats.cli import main
 from wsi_ats.engine.plan import plan_slide, thumbnail
 from wsi_ats.engine.run import forward_slide, predict_slide
+from wsi_ats.evaluate import evaluate
 from wsi_ats.exit_codes import EXIT_OK, EXIT_USAGE
+from wsi_ats.manifest import ManifestRow
 from wsi_ats.outputs import SLIDE_FILES, render_heatmap_png
 from wsi_ats.pipeline import THUMBNAIL_SIZE, Pipeline, exit_code, load_model, predict_one
 from wsi_ats.readers import SlideError
@@ -150,6 +152,16 @@ def test_a_slide_that_cannot_be_judged_cannot_train_a_model(hostile, model_path)
         plan = plan_slide(model, slide)
         with pytest.raises(SlideError, match=r"white\.tiff: cannot train on this slide: blank slide: every pixel is RGB \(255"):
             forward_slide(model, plan, [])
+
+
+def test_evaluation_counts_an_unjudged_slide_apart_and_keeps_the_loss_finite(hostile, model_path):
+    model = load_model(model_path, "cpu")
+    good = ManifestRow("good", str(hostile["good"]), label="positive")
+    judged = evaluate(model, [good])
+    both = evaluate(model, [good, ManifestRow("white", str(hostile["white"]), label="negative")])
+    assert both["unjudged"] == 1 and judged["unjudged"] == 0
+    assert both["loss"] == judged["loss"]  # the unjudged slide has no likelihood to score
+    assert both["accuracy"] == judged["accuracy"] / 2  # ...and no answer: not correct
 
 
 def test_every_coordinate_written_lies_inside_the_slide(batch, hostile, model_path):

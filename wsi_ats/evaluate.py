@@ -38,6 +38,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """Accuracy and mean negative log-likelihood of the model's predictions on ``rows``.
 
+    A slide the model cannot judge (no tissue, blank, too small: ``result.judged`` is False)
+    has no probability: it counts as not correct in ``accuracy`` (the model gave no answer),
+    is left out of ``loss`` (there is no likelihood to score) and is counted in ``unjudged``.
+    ``loss`` is NaN only when no slide could be judged.
+
     With ``truth`` boxes for a slide, also where the attention goes, averaged over those
     slides: ``patches_on_truth``, the fraction of sampled patches that overlap a box;
     ``truth_tissue_fraction``, the fraction of the tissue area the boxes cover;
@@ -48,17 +53,25 @@ def evaluate(
     """
     index = {c: i for i, c in enumerate(model.class_names)}
     truth = truth or {}
-    nll, correct, where = [], [], []
+    nll, correct, where, unjudged = [], [], [], 0
     for row in rows:
         with open_slide(row.path, mpp=row.mpp) as slide:
             plan = plan_slide(model, slide)  # once: the prediction and the truth scoring share it
             result = predict_slide(model, slide, slide_id=row.slide_id, seed=seed, draws=draws, topk=topk, client=client, plan=plan)
             if row.slide_id in truth:
                 where.append(attention_on_truth(model, plan, result, truth[row.slide_id]))
+        correct.append(result.judged and result.prediction == row.label)
+        if not result.judged:
+            unjudged += 1
+            continue
         p = float(result.probabilities[index[row.label]]) if row.label in index else 0.0
         nll.append(-math.log(max(p, 1e-12)))
-        correct.append(result.prediction == row.label)
-    out: dict[str, Any] = {"slides": len(rows), "accuracy": float(np.mean(correct)), "loss": float(np.mean(nll))}
+    out: dict[str, Any] = {
+        "slides": len(rows),
+        "unjudged": unjudged,
+        "accuracy": float(np.mean(correct)),
+        "loss": float(np.mean(nll)) if nll else math.nan,
+    }
     if where:
         out.update({k: float(np.mean([w[k] for w in where])) for k in where[0]})
         out["concentration"] = out["patches_on_truth"] / max(out["patches_on_truth_uniform"], 1e-12)

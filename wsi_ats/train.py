@@ -26,6 +26,7 @@ Ground truth, when given (``truth``: level-0 boxes per slide id, e.g. from
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -328,8 +329,9 @@ def _one_line(err: BaseException) -> str:
 
 
 def _score(record: Mapping[str, Any]) -> tuple[float, float]:
-    """How good an epoch is on the validation slides: higher is better (accuracy, then lower loss)."""
-    return record["val_accuracy"], -record["val_loss"]
+    """How good an epoch is on the validation slides: higher is better (accuracy, then lower loss; NaN: none judged)."""
+    loss = record["val_loss"]
+    return record["val_accuracy"], -math.inf if math.isnan(loss) else -loss
 
 
 def _copy_state(model: ATSModel) -> dict[str, torch.Tensor]:
