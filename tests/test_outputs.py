@@ -87,7 +87,7 @@ def test_csv_rows_read_back_exactly(tmp_path):
 def test_csv_columns_are_the_contract_then_one_probability_per_class(tmp_path):
     rows = [result_row(make_result(), "/data/s1.tif", 1.0)]
     assert columns(rows) == [
-        "slide_id", "path", "status", "error", "warning", "prediction", "probability",
+        "slide_id", "path", "status", "error", "warning", "note", "prediction", "probability",
         "prob_benign", "prob_tumour", "probability_se", "probability_low", "probability_high", "draws", "confident",
         "seconds", "patches_fetched",
     ]  # fmt: skip

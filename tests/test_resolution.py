@@ -39,8 +39,9 @@ def tiff(model_and_manifest):
     return cohort_slides(model_and_manifest[1])[0]
 
 
-def aperio_tiff(path, description: str) -> str:
-    image = np.full((512, 512, 3), 200, np.uint8)
+def aperio_tiff(path, description: str, image: np.ndarray | None = None) -> str:
+    """One level of ``image`` (default: plain grey, 512^2) as a JPEG TIFF stating ``description``."""
+    image = np.full((512, 512, 3), 200, np.uint8) if image is None else image
     tifffile.imwrite(path, image, tile=(256, 256), photometric="rgb", description=description, metadata=None)
     return str(path)
 
@@ -62,6 +63,16 @@ def test_a_given_resolution_overrides_the_file_and_survives_pickling(tiff):
 def test_objective_power_is_the_fallback_when_the_file_states_no_microns(tmp_path):
     slide = open_slide(aperio_tiff(tmp_path / "s.svs", "Aperio Image Library v12.0.0 \n512x512 JPEG/RGB Q=90|AppMag = 20"))
     assert (slide.mpp, slide.mpp_source) == (0.5, "objective-power")
+
+
+def test_a_resolution_guessed_from_the_objective_power_is_judged_with_a_note_on_its_row(model_and_manifest, tiff, tmp_path):
+    model_path, _ = model_and_manifest
+    with open_slide(tiff) as slide:  # the cohort's tissue, its file stating 40x and no microns per pixel
+        tissue = slide.read_region(0, (0, 0), slide.levels[0].shape)
+    guessed = aperio_tiff(tmp_path / "x40.svs", "Aperio Image Library v12.0.0 \n1024x1024 JPEG/RGB Q=90|AppMag = 40", tissue)
+    row = Pipeline(model_path, device="cpu").run_many([guessed], tmp_path / "out", verbose=False)[0]
+    assert (row["status"], row["warning"]) == ("ok", "")
+    assert row["note"].startswith("resolution guessed: the file states no microns per pixel; 0.25 um/px from its objective power")
 
 
 def test_a_file_without_microns_or_objective_power_has_an_unknown_resolution(tmp_path):

@@ -24,6 +24,9 @@ class SlideResult:
     implausible resolution); a result with any carries no class: its probabilities are NaN,
     its attention map and patches empty, and `prediction` is None.
 
+    ``notes`` are what a user should know about a judged slide (a resolution guessed from
+    the objective power); they do not stop the judgement.
+
     ``probability_se`` are the standard errors of ``probabilities`` over the ``draws`` draws
     (NaN with one draw), ``interval`` the top class's probability interval, and ``confident``
     whether the predicted class is settled (`wsi_ats.engine.confidence`); never on a result
@@ -53,6 +56,7 @@ class SlideResult:
     interval: tuple[float, float] | None = None
     draws: int = 0
     confident: bool = False
+    notes: tuple[str, ...] = ()
 
     @property
     def judged(self) -> bool:

@@ -54,6 +54,7 @@ def slide_result(
         slide_shape=plan.slide.levels[0].shape,
         mpp=plan.slide.mpp,
         top_patches=np.ascontiguousarray(patch_pixels[top]),
+        notes=plan.notes,
     )
 
 

@@ -49,6 +49,8 @@ class SlidePlan:
     """Levels, attention grid and tissue cells of one slide, for one model; ``slide`` is what to read (with any resampled levels).
 
     ``warnings`` say why the model cannot judge the slide; such a plan has no tissue cells.
+    ``notes`` are what a user should know that does not stop the judgement (a resolution
+    guessed from the objective power): they reach the row's ``warning`` column.
     """
 
     slide: Slide
@@ -60,6 +62,7 @@ class SlidePlan:
     cells: TissueCells
     tissue: TissueMask | None
     warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def window(self, k: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """The low-level window ``(top_left, size)`` of the ``k``-th tissue tile: its tissue's cells plus the net's context."""
@@ -106,7 +109,8 @@ def plan_slide(model: ATSModel, slide: Slide, *, cache: str | os.PathLike[str] |
         if len(cells) == 0:
             warnings = (f"no tissue found: nothing more saturated than the threshold {mask.threshold:.3f} at 1/{mask.downsample:.4g}",)
     tissue = mask if model.tissue.enabled else None
-    return SlidePlan(view, low_level, high_level, high.shape, high.downsample, grid, cells, tissue, warnings)
+    notes = resolution_notes(model, slide)
+    return SlidePlan(view, low_level, high_level, high.shape, high.downsample, grid, cells, tissue, warnings, notes)
 
 
 def target_downsamples(model: ATSModel, slide: Slide) -> dict[str, float]:
@@ -116,8 +120,6 @@ def target_downsamples(model: ATSModel, slide: Slide) -> dict[str, float]:
     training slides), which needs the slide's resolution; by the recipe's downsample
     otherwise.
     """
-    import warnings
-
     by_downsample = {"low": model.low.downsample, "high": model.high.downsample, "tissue": model.tissue.downsample}
     if model.microns:
         if slide.mpp is None:
@@ -127,8 +129,6 @@ def target_downsamples(model: ATSModel, slide: Slide) -> dict[str, float]:
                 f"model reads tissue at fixed microns per pixel ({wanted}); give the slide's level-0 resolution with "
                 f"the manifest's mpp column or --mpp"
             )
-        if slide.mpp_source == "objective-power":
-            warnings.warn(f"{slide.name}: no microns per pixel in the file; using {slide.mpp:.4g} from its objective power", stacklevel=2)
     scales = {k: model.microns[k] / slide.mpp if k in model.microns else d for k, d in by_downsample.items()}
     missing = [k for k, d in scales.items() if d is None]
     if missing:
@@ -137,6 +137,16 @@ def target_downsamples(model: ATSModel, slide: Slide) -> dict[str, float]:
 
 
 # -- why a slide cannot be judged -------------------------------------------------------------------
+
+
+def resolution_notes(model: ATSModel, slide: Slide) -> tuple[str, ...]:
+    """A resolution guessed from the objective power, when the model reads by microns: judged, but worth a look."""
+    if model.microns and slide.mpp_source == "objective-power":
+        return (
+            f"resolution guessed: the file states no microns per pixel; {slide.mpp:.4g} um/px from its objective power; "
+            "if that is wrong, give the slide's level-0 resolution with the manifest's mpp column or --mpp",
+        )
+    return ()
 
 
 def resolution_warnings(model: ATSModel, slide: Slide, scales: dict[str, float]) -> tuple[str, ...]:

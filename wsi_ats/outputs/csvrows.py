@@ -23,9 +23,9 @@ from wsi_ats.outputs.atomic import atomic_write_bytes
 from wsi_ats.result import SlideResult
 
 PREDICTIONS_CSV = "predictions.csv"
-HEAD_COLUMNS = ("slide_id", "path", "status", "error", "warning", "prediction", "probability")
+HEAD_COLUMNS = ("slide_id", "path", "status", "error", "warning", "note", "prediction", "probability")
 #: Head columns a file written before the ``warning`` column existed may lack (read as ``""``).
-OPTIONAL_COLUMNS = ("warning",)
+OPTIONAL_COLUMNS = ("warning", "note")
 TAIL_COLUMNS = ("seconds", "patches_fetched")
 #: How sure the prediction is (`wsi_ats.engine.confidence`): the standard error and interval of ``probability``
 #: over the ``draws``, and whether the class is settled (``true``/``false``; never true unless ``ok``).
@@ -36,7 +36,7 @@ TIMING_COLUMNS = ("seconds", "bytes_read")
 PROB_PREFIX = "prob_"
 #: A row's status: predicted; predicted nothing because the slide cannot be judged (``warning`` says why); failed (``error``).
 OK, UNJUDGED, ERROR = "ok", "unjudged", "error"
-#: Joins a result's warnings in the ``warning`` column.
+#: Joins a result's warnings (why it is not judged) in ``warning``, its notes (worth a look, still judged) in ``note``.
 WARNING_SEPARATOR = "; "
 #: Paths that are not UTF-8 round-trip as their bytes.
 _ENCODING_ERRORS = "surrogateescape"
@@ -51,7 +51,8 @@ def result_row(result: SlideResult, path: str, seconds: float) -> Row:
         "path": path,
         "status": OK if result.judged else UNJUDGED,
         "error": "",
-        "warning": " ".join(WARNING_SEPARATOR.join(result.warnings).split()),
+        "warning": _joined(result.warnings),
+        "note": _joined(result.notes),
         "prediction": result.prediction or "",
         "probability": result.probability,
     }
@@ -60,6 +61,11 @@ def result_row(result: SlideResult, path: str, seconds: float) -> Row:
     row.update(_confidence_cells(result))
     row.update(seconds=float(seconds), patches_fetched=int(result.patches_fetched))
     return row
+
+
+def _joined(texts: tuple[str, ...]) -> str:
+    """One CSV cell of ``texts``: on one line, whitespace collapsed."""
+    return " ".join(WARNING_SEPARATOR.join(texts).split())
 
 
 def _confidence_cells(result: SlideResult) -> Row:
@@ -85,6 +91,7 @@ def error_row(slide_id: str, path: str, error: str, seconds: float) -> Row:
         "status": ERROR,
         "error": " ".join(error.split()),
         "warning": "",
+        "note": "",
         "prediction": "",
         "probability": None,
         **dict.fromkeys(CONFIDENCE_COLUMNS),
