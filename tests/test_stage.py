@@ -9,6 +9,8 @@ the server, and never a changed object's old bytes.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -59,7 +61,8 @@ def same_pixels(a, b) -> None:
     assert [lv.shape for lv in a.levels] == [lv.shape for lv in b.levels]
     for level in range(len(a.levels)):
         h, w = a.levels[level].shape
-        np.testing.assert_array_equal(a.read_region(level, (h // 5, w // 7), (h // 2, w // 2)), b.read_region(level, (h // 5, w // 7), (h // 2, w // 2)))
+        box = ((h // 5, w // 7), (h // 2, w // 2))
+        np.testing.assert_array_equal(a.read_region(level, *box), b.read_region(level, *box))
 
 
 def files_under(folder: Path) -> list[str]:
@@ -190,3 +193,53 @@ def test_a_pickled_slide_keeps_its_cache_folder(s3, tmp_path):
     _, options, urls = s3
     slide = open_slide(urls["slide.tiff"], storage_options=options, remote_cache=tmp_path)
     assert pickle.loads(pickle.dumps(slide)).remote_cache == str(tmp_path)
+
+
+# -- the commands ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_predict_with_stage_reads_an_openslide_only_format_from_s3_downloads_once_and_writes_only_out_and_stage(
+    s3, tmp_path_factory, tmp_path
+):
+    """A DICOM series (OpenSlide only) and a TIFF on S3, keys in the environment as for a user: the rows of the local copies."""
+    from predict_data import TIMEOUT, cli_env, cohort_slides, trained_model
+
+    from wsi_ats.manifest import ManifestRow
+    from wsi_ats.outputs import TIMING_COLUMNS, read_predictions
+    from wsi_ats.pipeline import Pipeline
+
+    client, options, _ = s3
+    model, manifest = trained_model(tmp_path_factory.getbasetemp())
+    tiff = cohort_slides(manifest)[0]
+    dicom = write_dicom_series(tiff, tmp_path / "slides" / "dicom", mpp=0.25)
+    remote = {"tiff": upload(client, BUCKET, tiff, "cohort/" + tiff.name), "dicom": upload(client, BUCKET, dicom, "cohort/dicom")}
+    gone = f"s3://{BUCKET}/cohort/gone.ndpi"
+    env = {**cli_env(), "AWS_ENDPOINT_URL": options["endpoint_url"], "AWS_ACCESS_KEY_ID": options["key"],
+           "AWS_SECRET_ACCESS_KEY": options["secret"], "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    (tmp_path / "cwd").mkdir()
+
+    def predict(rows: dict[str, str], out: str, *extra: str):
+        (tmp_path / f"{out}.csv").write_text("slide_id,path\n" + "".join(f"{k},{v}\n" for k, v in rows.items()))
+        args = ["predict", "--model", str(model), "--manifest", str(tmp_path / f"{out}.csv"), "--out", str(tmp_path / out), *extra]
+        done = subprocess.run([sys.executable, "-m", "wsi_ats.cli", *args, "--scheduler", "threads"], cwd=tmp_path / "cwd",
+                              capture_output=True, text=True, env=env, timeout=TIMEOUT, check=False)  # fmt: skip
+        return done, read_predictions(tmp_path / out / "predictions.csv")
+
+    local = [ManifestRow("tiff", str(tiff)), ManifestRow("dicom", str(dicom))]
+    local_rows = Pipeline(model).run_many(local, tmp_path / "local", verbose=False)
+    done, staged = predict({**remote, "gone": gone}, "staged", "--stage", str(tmp_path / "stage"))
+    _, again = predict(remote, "again", "--stage", str(tmp_path / "stage"))
+    assert done.returncode == 1, done.stderr
+    drop = {*TIMING_COLUMNS, "path"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in staged[:2]] == [
+        {k: v for k, v in r.items() if k not in drop} for r in local_rows
+    ]
+    sizes = [tiff.stat().st_size, sum(f.stat().st_size for f in dicom.iterdir())]
+    assert [(r["bytes_read"], r["slide_bytes"]) for r in staged[:2]] == list(zip(sizes, sizes))  # the download
+    assert [(r["bytes_read"], r["slide_bytes"]) for r in again] == list(zip([0, 0], sizes))  # reused
+    assert staged[2]["status"] == "error" and staged[2]["error"].startswith("FileNotFoundError") and gone in staged[2]["error"]
+    assert list((tmp_path / "cwd").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["cwd", "slides", "local", "staged", "staged.csv", "again", "again.csv", "stage"]
+    )
+    staged_files = files_under(tmp_path / "stage")
+    assert len(staged_files) == 1 + len(list(dicom.iterdir())) and all("/.download-" not in f for f in staged_files)
