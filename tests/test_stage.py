@@ -243,3 +243,46 @@ def test_predict_with_stage_reads_an_openslide_only_format_from_s3_downloads_onc
     )
     staged_files = files_under(tmp_path / "stage")
     assert len(staged_files) == 1 + len(list(dicom.iterdir())) and all("/.download-" not in f for f in staged_files)
+
+
+@pytest.mark.slow
+def test_training_over_s3_with_a_remote_cache_fetches_almost_nothing_after_the_first_epoch_and_nothing_on_a_rerun(
+    s3, tmp_path, monkeypatch
+):
+    """Keys and endpoint from the environment, as for ``wsi-ats train --remote-cache DIR``; the rerun learns the same weights."""
+    import torch
+    from s3fs import S3FileSystem
+
+    from wsi_ats.synth import make_cohort
+    from wsi_ats.train import train
+
+    client, options, _ = s3
+    env = {"AWS_ENDPOINT_URL": options["endpoint_url"], "AWS_ACCESS_KEY_ID": options["key"], "AWS_SECRET_ACCESS_KEY": options["secret"]}
+    for name, value in {**env, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    S3FileSystem.clear_instance_cache()  # one made for another server would be reused
+    manifest = make_cohort(tmp_path / "cohort", n=2, size=1024, formats=("tiff", "zarr"), seed=1, workers=1, progress=False)
+    for slide in sorted((tmp_path / "cohort" / "slides").iterdir()):
+        upload(client, BUCKET, slide, f"train/slides/{slide.name}")
+    recipe = Path(__file__).resolve().parents[1] / "pipelines" / "synthetic_wsi.toml"
+
+    def run(out: str) -> dict:
+        forget_open_slides()
+        return train(manifest, recipe, tmp_path / out, seed=0, epochs=2, device="cpu", progress=False, root=f"s3://{BUCKET}/train",
+                     remote_cache=tmp_path / "cache")  # fmt: skip
+
+    cold, warm = run("cold"), run("warm")
+    S3FileSystem.clear_instance_cache()
+    first, second = (e["bytes_read"] for e in cold["epochs"])
+    assert cold["bytes_read_setup"] > 0 and first > 0 and second <= first / 10
+    assert warm["bytes_read_setup"] == 0 and [e["bytes_read"] for e in warm["epochs"]] == [0, 0]
+    a, b = (torch.load(tmp_path / out / "model.pt", weights_only=False)["state_dict"] for out in ("cold", "warm"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stage_and_remote_cache_are_one_or_the_other_on_the_command_line(capsys):
+    from wsi_ats.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--manifest", "m.csv", "--config", "c", "--out", "o", "--stage", "a", "--remote-cache", "b"])
+    assert exited.value.code == 2 and "--remote-cache: not allowed with argument --stage" in capsys.readouterr().err
