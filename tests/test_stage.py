@@ -24,7 +24,7 @@ from wsi_ats.readers import zarr as zarr_backend
 from wsi_ats.readers.remote import read_stats
 from wsi_ats.readers.stage import stage
 from wsi_ats.synth import make_slide
-from wsi_ats.testing.servers import moto_server, s3_client, storage_options, upload
+from wsi_ats.testing.servers import moto_server, range_http_server, s3_client, storage_options, upload
 
 SIZE = 1024
 BUCKET = "staged"
@@ -55,6 +55,12 @@ def s3(local):
         client.create_bucket(Bucket=BUCKET)
         urls = {p.name: upload(client, BUCKET, p, p.name) for p in sorted(local.iterdir())}
         yield client, storage_options(endpoint), urls
+
+
+@pytest.fixture(scope="module")
+def http(local):
+    with range_http_server(local) as base:
+        yield base
 
 
 def same_pixels(a, b) -> None:
@@ -149,6 +155,18 @@ def test_an_openslide_only_format_over_a_url_without_stage_says_to_stage_it(s3):
         open_slide(urls["scan.mrxs"], storage_options=options)
 
 
+def test_a_folder_over_plain_http_is_refused_by_stage_saying_why_and_writes_nothing(http, tmp_path):
+    url = f"{http}/dicom"
+    with pytest.raises(SlideError, match=re.escape(url) + r": the server answers with a web page \(a folder over plain HTTP"):
+        open_slide(url, stage=tmp_path / "stage")
+    assert not (tmp_path / "stage").exists()
+
+
+def test_a_tiff_over_plain_http_is_staged_by_its_last_modified_date(http, local, tmp_path):
+    staged = stage(f"{http}/slide.tiff", tmp_path)
+    assert staged.downloaded == (local / "slide.tiff").stat().st_size and stage(f"{http}/slide.tiff", tmp_path).downloaded == 0
+
+
 def test_stage_and_remote_cache_together_are_refused(s3, tmp_path):
     _, options, urls = s3
     with pytest.raises(ValueError, match="not both"):
@@ -185,6 +203,13 @@ def test_the_cache_never_serves_a_changed_objects_old_bytes(s3, local, tmp_path)
     upload(client, BUCKET, local / "other.tiff", "cached-changing.tiff")
     forget_open_slides()
     same_pixels(open_slide(url, storage_options=options, remote_cache=tmp_path), open_slide(local / "other.tiff"))
+
+
+def test_a_zarr_store_over_plain_http_is_read_uncached_with_a_warning_saying_why(http, local, tmp_path):
+    with pytest.warns(UserWarning, match=r"cannot be listed .* its reads are not cached"):
+        slide = open_slide(f"{http}/slide.zarr", remote_cache=tmp_path)
+    same_pixels(slide, open_slide(local / "slide.zarr"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_pickled_slide_keeps_its_cache_folder(s3, tmp_path):

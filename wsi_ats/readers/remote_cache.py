@@ -60,15 +60,16 @@ def digest(*parts: object) -> str:
     return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
-def uncached_warning(url: str) -> None:
-    warnings.warn(f"{url}: the server states no ETag or modification time; its reads are not cached", stacklevel=3)
+def uncached_warning(url: str, why: str = "the server states no ETag or modification time") -> None:
+    warnings.warn(f"{url}: {why}; its reads are not cached", stacklevel=3)
 
 
 def caching_store(store: Any, folder: str | os.PathLike[str], url: str, fs: Any, root: str) -> Any:
     """``store`` (a zarr store at ``url``) with its objects' reads cached in ``folder``, keyed by each object's version.
 
-    The versions come from one listing of the store (``fs.find``); objects the listing lacks,
-    or lists without a version, are read from the server each time.
+    The versions come from one listing of the store (``fs.find``: a request per 1000 objects on
+    S3, once per process); objects the listing lacks, or lists without a version, are read
+    from the server each time.
     """
     from zarr.storage import WrapperStore
 
@@ -80,7 +81,7 @@ def caching_store(store: Any, folder: str | os.PathLike[str], url: str, fs: Any,
     versions = {path[len(prefix) :]: _version(info) for path, info in listing.items() if path.startswith(prefix)}
     versions = {key: v for key, v in versions.items() if v is not None}
     if not versions:
-        uncached_warning(url)
+        uncached_warning(url, "the store's objects cannot be listed with their ETags or modification times (plain HTTP has no listing)")
     cache = ReadCache(folder, url)
 
     class _CachingStore(WrapperStore):

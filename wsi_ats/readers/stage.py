@@ -6,7 +6,8 @@ slide read again and again (reruns, every worker of a long job) is cheaper downl
 and zarr are read by byte range and OpenSlide-only formats are refused with a hint to stage.
 
 What is downloaded for a URL: the object; every object under it when it is a folder (a zarr
-store, a DICOM series); for a MIRAX ``.mrxs``, also the same-named folder beside it (its
+store, a DICOM series: buckets list their folders, plain HTTP servers do not, so a folder there
+is refused); for a MIRAX ``.mrxs``, also the same-named folder beside it (its
 ``Slidedat.ini`` and data files), which OpenSlide needs.
 
 Layout of ``DIR`` (one folder per URL, one per version of what it names)::
@@ -99,6 +100,11 @@ def _objects(url: str, fs: Any, root: str, name: str) -> list[RemoteObject]:
         if not objects:
             raise SlideError(f"{url}: an empty folder; nothing to stage")
         return objects
+    if str(info.get("mimetype", "")).startswith("text/html"):  # a web server's page: a folder's index, not a slide
+        raise SlideError(
+            f"{url}: the server answers with a web page (a folder over plain HTTP, which has no listing to stage it by); "
+            "stage it from a bucket URL (s3://, gs://, ...) or copy it to a local disk"
+        )
     objects = [RemoteObject(root, name, int(info["size"]), object_version(info))]
     if name.lower().endswith(".mrxs"):
         data = root[: -len(".mrxs")]
