@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,18 @@ def test_concurrent_stagings_of_one_url_download_it_once(s3, local, tmp_path):
     assert len({d.path for d in done}) == 1
     assert sum(d.downloaded for d in done) == sum(f.stat().st_size for f in (local / "slide.zarr").rglob("*") if f.is_file())
     assert [name for name in files_under(tmp_path) if ".download-" in name] == []
+
+
+def test_a_download_cut_short_is_an_error_and_leaves_no_partial_copy(s3, local, tmp_path, monkeypatch):
+    """The server sends fewer bytes than it listed (a dropped connection): the copy is refused and removed."""
+    from wsi_ats.readers import stage as staging
+
+    _, options, urls = s3
+    listed = staging._objects
+    monkeypatch.setattr(staging, "_objects", lambda *a: [replace(o, size=o.size + 1) for o in listed(*a)])
+    with pytest.raises(SlideError, match=r"download of slide.tiff stopped at \d+ of \d+ bytes; try again"):
+        stage(urls["slide.tiff"], tmp_path, options)
+    assert files_under(tmp_path) == []
 
 
 def test_an_svs_read_by_openslide_over_a_url_with_stage_has_the_local_files_pixels(s3, local, tmp_path):
