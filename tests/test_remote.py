@@ -128,9 +128,9 @@ def test_a_denied_bucket_is_a_slide_error_naming_the_url_and_the_credentials():
             open_slide(url, storage_options=storage_options(endpoint))
 
 
-def test_an_openslide_only_format_over_a_url_says_to_copy_it_locally(s3):
+def test_an_openslide_only_format_over_a_url_says_to_stage_it_or_copy_it_locally(s3):
     endpoint, urls = s3
-    with pytest.raises(SlideError, match=r"NDPI slides are read by OpenSlide, which reads local files only; copy"):
+    with pytest.raises(SlideError, match=r"NDPI slides are read by OpenSlide, which reads local files only; stage it with --stage DIR"):
         open_slide(urls["slide.ndpi"], storage_options=storage_options(endpoint))
 
 

@@ -69,6 +69,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cache=args.cache,
         resume=args.resume,
         skip_unreadable=args.skip_unreadable,
+        stage=args.stage,
+        remote_cache=args.remote_cache,
     )
 
 
@@ -91,6 +93,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         cache=args.cache,
         timeout=args.timeout,
         save_features=args.save_features,
+        stage=args.stage,
+        remote_cache=args.remote_cache,
     )
 
 
@@ -168,6 +172,26 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
+def _remote_options(s: argparse.ArgumentParser) -> None:
+    """``--stage`` and ``--remote-cache``: how slides given by URL are read (one or the other)."""
+    group = s.add_mutually_exclusive_group()
+    group.add_argument(
+        "--stage",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="download every slide given by URL into DIR first (once: a staged copy of the same version is reused), "
+        "then read it locally; the way to read OpenSlide-only formats (NDPI, MRXS, DICOM) from object storage",
+    )
+    group.add_argument(
+        "--remote-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep the bytes read from URLs in DIR (keyed by each object's ETag): later epochs and runs read them from disk",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree; kept apart from `main` so tests and docs can inspect it."""
     from wsi_ats import __version__
@@ -243,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train without the slides that cannot be opened or read (listed in metrics.json) instead of refusing",
     )
+    _remote_options(s)
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("predict", help="batch inference over slides, directories or a manifest")
@@ -287,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--save-features", action="store_true", help="also write OUT/<slide>/features.h5: the drawn patches' embeddings (CLAM layout)"
     )
+    _remote_options(s)
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser(

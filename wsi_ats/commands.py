@@ -42,13 +42,16 @@ def predict_command(
     cache: str | os.PathLike[str] | None = None,
     timeout: float = CONNECT_TIMEOUT,
     save_features: bool = False,
+    stage: str | os.PathLike[str] | None = None,
+    remote_cache: str | os.PathLike[str] | None = None,
 ) -> int:
     """Predict ``slides`` (files or folders) or the rows of ``manifest`` into ``out``; returns the exit code.
 
     ``scheduler``: ``local`` (a cluster on this machine, ``workers`` processes),
     ``threads`` (this process) or a running cluster's address or scheduler file, which
     has ``timeout`` seconds to answer. A manifest's labels are optional; where there are
-    some, accuracy and a confusion table end the run (`wsi_ats.summary`).
+    some, accuracy and a confusion table end the run (`wsi_ats.summary`). Slides given by URL are
+    downloaded into ``stage`` first, or read by range keeping what was read in ``remote_cache``.
     """
     from wsi_ats.manifest import read_manifest
     from wsi_ats.outputs import OutputError, claim_output_folder, printable
@@ -58,7 +61,10 @@ def predict_command(
     try:
         scheduler_kind(scheduler, workers)
         sources = read_manifest(manifest, root=root, require_labels=False) if manifest else list(slides)
-        pipeline = Pipeline(model, device=device, seed=seed, topk=topk, draws=draws, mpp=mpp, cache=cache, save_features=save_features)
+        pipeline = Pipeline(
+            model, device=device, seed=seed, topk=topk, draws=draws, mpp=mpp, cache=cache, save_features=save_features,
+            stage=stage, remote_cache=remote_cache,
+        )  # fmt: skip
         with claim_output_folder(out), session(scheduler, workers, device=device, timeout=timeout) as client:  # OUT before the cluster
             rows = pipeline.run_many(sources, out, client=client)
             report_labels({s.slide_id: s.label for s in sources if not isinstance(s, (str, os.PathLike))}, rows, out)
@@ -85,6 +91,8 @@ def train_command(
     cache: str | os.PathLike[str] | None = None,
     resume: bool = False,
     skip_unreadable: bool = False,
+    stage: str | os.PathLike[str] | None = None,
+    remote_cache: str | os.PathLike[str] | None = None,
 ) -> int:
     """Train on ``manifest`` with the recipe ``config`` into ``out``; returns the exit code.
 
@@ -93,7 +101,8 @@ def train_command(
     ``root`` resolves the manifest's relative paths (default: its folder); ``cache`` keeps
     the slides' resampled levels on disk between runs. ``resume`` continues the run in
     ``out`` (an ``out`` holding one is refused without it); ``skip_unreadable`` trains
-    without unreadable slides instead of refusing them.
+    without unreadable slides instead of refusing them. Slides given by URL are downloaded into
+    ``stage`` once, or read by range keeping what was read in ``remote_cache`` for later epochs.
     """
     from wsi_ats import recipes
     from wsi_ats.evaluate import truth_boxes
@@ -119,6 +128,8 @@ def train_command(
             resampled_cache=cache,
             resume=resume,
             skip_unreadable=skip_unreadable,
+            stage=stage,
+            remote_cache=remote_cache,
         )
     except (ValueError, FileNotFoundError) as err:  # bad manifest, recipe, checkpoint or resume: all ValueErrors
         print(f"wsi-ats train: {err}", file=sys.stderr)

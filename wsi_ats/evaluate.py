@@ -35,6 +35,8 @@ def evaluate(
     topk: bool = False,
     client: Any = None,
     truth: Mapping[str, np.ndarray] | None = None,
+    stage: str | Path | None = None,
+    remote_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Accuracy and mean negative log-likelihood of the model's predictions on ``rows``.
 
@@ -49,13 +51,13 @@ def evaluate(
     ``patches_on_truth_uniform``, what ``patches_on_truth`` would be if the patches were
     drawn uniformly over the tissue cells (the fair baseline: a patch overlaps a box from
     further away than the box's own area); ``concentration``, the ratio of the first to the
-    last.
+    last. ``stage`` and ``remote_cache`` say how slides given by URL are read (`wsi_ats.readers.open_slide`).
     """
     index = {c: i for i, c in enumerate(model.class_names)}
     truth = truth or {}
     nll, correct, where, unjudged = [], [], [], 0
     for row in rows:
-        with open_slide(row.path, mpp=row.mpp) as slide:
+        with open_slide(row.path, mpp=row.mpp, stage=stage, remote_cache=remote_cache) as slide:
             plan = plan_slide(model, slide)  # once: the prediction and the truth scoring share it
             result = predict_slide(model, slide, slide_id=row.slide_id, seed=seed, draws=draws, topk=topk, client=client, plan=plan)
             if row.slide_id in truth:

@@ -143,6 +143,8 @@ def predict_one(
     device: str | None = None,
     cache: str | None = None,
     save_features: bool = False,
+    stage: str | None = None,
+    remote_cache: str | None = None,
 ) -> SlideOutcome:
     """Predict one slide and render its output files; any failure becomes the outcome's ``error``.
 
@@ -150,7 +152,9 @@ def predict_one(
 
     ``model`` is a loaded model or a checkpoint path (loaded once per process), so a
     dask task can be given the path instead of the pickled network. ``mpp`` overrides the
-    file's resolution; ``cache`` keeps resampled levels between runs. A slide the model
+    file's resolution; ``cache`` keeps resampled levels between runs. A URL is downloaded into
+    ``stage`` first (on the machine that runs this: a worker's own disk), or read by range with
+    what it reads kept in ``remote_cache`` (`wsi_ats.readers.open_slide`). A slide the model
     cannot judge is not an error: its result carries the warnings, and its files show why.
     The heatmap's thumbnail is read from the plan's levels, so memory stays bounded on a
     slide without a pyramid.
@@ -164,7 +168,7 @@ def predict_one(
     start, before = time.perf_counter(), read_stats(source)
     try:
         net = load_model(model, device) if isinstance(model, (str, os.PathLike)) else model
-        with open_slide(source, mpp=mpp) as slide:
+        with open_slide(source, mpp=mpp, stage=stage, remote_cache=remote_cache) as slide:
             plan = plan_slide(net, slide, cache=cache)
             with captured_embeddings(net) if save_features else nullcontext([]) as embeddings:
                 result = predict_with_seed(net, slide, slide_id, seed, topk, draws, cache, plan)
@@ -196,6 +200,8 @@ class Pipeline:
         mpp: float | None = None,
         cache: str | os.PathLike[str] | None = None,
         save_features: bool = False,
+        stage: str | os.PathLike[str] | None = None,
+        remote_cache: str | os.PathLike[str] | None = None,
     ) -> None:
         if draws != AUTO and (isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
             raise ValueError(f"draws must be at least 1 or {AUTO!r}, got {draws!r}")
@@ -206,6 +212,12 @@ class Pipeline:
         self.mpp, self.cache = mpp, None if cache is None else os.fspath(cache)
         self.predict_fn = predict_fn  # what run_many does per slide; `predict_one`'s signature
         self.save_features = bool(save_features)  # each slide's folder gets features.h5 (the drawn patches' embeddings)
+        from wsi_ats.readers import check_remote_options
+
+        check_remote_options(stage, remote_cache)
+        #: URLs: downloaded into ``stage`` first, or read by range keeping the bytes in ``remote_cache``.
+        self.stage = None if stage is None else os.fspath(stage)
+        self.remote_cache = None if remote_cache is None else os.fspath(remote_cache)
         self.model = load_model(self.model_path, device)  # fail now, not on the first slide
 
     def run(self, source: Source | Slide | np.ndarray, slide_id: str | None = None) -> SlideResult:
@@ -217,12 +229,17 @@ class Pipeline:
             slide_id, mpp, source = slide_id or source.slide_id, source.mpp or mpp, source.path
         if isinstance(source, Slide):
             return predict_with_seed(self.model, source, slide_id or default_slide_id(source.source), *self._options)
-        with open_slide(source, mpp=mpp) as slide:
+        with open_slide(source, mpp=mpp, **self._remote) as slide:
             return predict_with_seed(self.model, slide, slide_id or default_slide_id(source), *self._options)
 
     @property
     def _options(self) -> tuple[int, bool, Draws, str | None]:
         return self.seed, self.topk, self.draws, self.cache
+
+    @property
+    def _remote(self) -> dict[str, str]:
+        """The `open_slide` keywords for URLs that are set (so a replaced ``predict_fn`` need not take unset ones)."""
+        return {k: v for k, v in {"stage": self.stage, "remote_cache": self.remote_cache}.items() if v is not None}
 
     def run_many(
         self,
@@ -320,7 +337,8 @@ class Pipeline:
 
     def _outcomes(self, todo: list[SlideSource], client: Any) -> Iterator[SlideOutcome]:
         """Outcomes in this process, in order; or from dask tasks (`wsi_ats.cluster`), as they complete."""
-        options = dict(topk=self.topk, draws=self.draws, cache=self.cache, **({"save_features": True} if self.save_features else {}))
+        options = dict(topk=self.topk, draws=self.draws, cache=self.cache, **self._remote)
+        options |= {"save_features": True} if self.save_features else {}
         if client is None:
             for s in todo:
                 yield self.predict_fn(self.model, s.path, s.slide_id, self.seed, s.mpp or self.mpp, **options)

@@ -25,6 +25,7 @@ Ground truth, when given (``truth``: level-0 boxes per slide id, e.g. from
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -49,7 +50,8 @@ from wsi_ats.manifest_build import split_by_case
 from wsi_ats.models import ATSModel, PipelineConfig, TrainConfig, load_config
 from wsi_ats.outputs.atomic import atomic_write_text
 from wsi_ats.progress import progress_bar
-from wsi_ats.readers import Slide, open_slide
+from wsi_ats.readers import Slide, check_remote_options, open_slide
+from wsi_ats.readers.remote import read_stats
 
 #: How ``model.pt`` is chosen among the epochs, as ``metrics.json`` records it.
 SELECTION = {True: "highest val accuracy, then lowest val loss", False: "last epoch (no validation slides)"}
@@ -74,6 +76,8 @@ def train(
     resampled_cache: str | Path | None = None,
     resume: bool = False,
     skip_unreadable: bool = False,
+    stage: str | Path | None = None,
+    remote_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train on the manifest's ``train`` split, validate each epoch, test at the end; returns the metrics written to ``metrics.json``.
 
@@ -82,7 +86,11 @@ def train(
     (default: its folder); ``resampled_cache`` keeps the slides' resampled levels on disk.
     ``resume`` continues the run in ``out_dir`` (`RunFolderError` without it when there is
     one); ``skip_unreadable`` trains without the slides that cannot be read instead of
-    refusing them all. ``progress`` prints the epochs, notes and (on a terminal) bars.
+    refusing them all. ``progress`` prints the epochs, notes and (on a terminal) bars. Slides
+    given by URL are downloaded into ``stage`` once, or read by range keeping what was read in
+    ``remote_cache`` so later epochs and runs read it from disk (`wsi_ats.readers.open_slide`);
+    each epoch's record says how many bytes of the slides it read (``bytes_read``: from the
+    server for URLs, cache hits not counted), ``bytes_read_setup`` those read before the first.
 
     The model records the microns per pixel it reads at (`training_microns`).
     """
@@ -99,7 +107,11 @@ def train(
     if not splits["train"]:
         raise ValueError("the manifest has no training slides")
     class_names = tuple(sorted({r.label for r in rows}))
-    splits, skipped = _drop_unreadable(splits, _open_errors(splits), skip_unreadable, say)
+    check_remote_options(stage, remote_cache)
+    remote = {"stage": stage, "remote_cache": remote_cache}
+    opener = functools.partial(open_slide, **remote)
+    read_before = _bytes_read(rows)
+    splits, skipped = _drop_unreadable(splits, _open_errors(splits, opener), skip_unreadable, say)
     if not splits["train"]:
         raise ValueError("no training slide can be read")
     device = select_device(device)
@@ -107,7 +119,7 @@ def train(
 
     torch.manual_seed(seed)
     model = ATSModel.from_config(cfg.model, class_names).to(device)
-    model.microns = training_microns(model, splits["train"])
+    model.microns = training_microns(model, splits["train"], opener)
     optimizer = _optimizer(model, cfg.train)
     identity = _run_identity(cfg, seed, splits)
     history, best = _resume(out / "last.pt", model, optimizer, identity)
@@ -117,23 +129,26 @@ def train(
     cache: TrainingCache = {}
     step_seconds: list[float] = []
     started = time.perf_counter()
+    read_setup = None
     try:
         if len(history) < epochs:
-            errors = _read_training_slides(model, splits["train"], cache, resampled_cache, progress)
+            errors = _read_training_slides(model, splits["train"], cache, resampled_cache, progress, opener)
             splits, more = _drop_unreadable(splits, errors, skip_unreadable, say)
             skipped += more
             if not splits["train"]:
                 raise ValueError("no training slide can be read")
+        read_setup = _bytes_read(rows) - read_before
         for epoch in range(len(history), epochs):
-            epoch_start = time.perf_counter()
+            epoch_start, read_start = time.perf_counter(), _bytes_read(rows)
             stats = _train_epoch(model, optimizer, splits["train"], cache, cfg.train, seed, epoch, epochs, progress, step_seconds)
             record = {"epoch": epoch + 1, **stats}
             if splits["val"]:
-                val = evaluate(model, splits["val"], seed=seed, draws=cfg.train.eval_draws, topk=cfg.train.eval_topk, truth=truth)
+                val = evaluate(model, splits["val"], seed=seed, draws=cfg.train.eval_draws, topk=cfg.train.eval_topk, truth=truth, **remote)
                 record.update({f"val_{k}": v for k, v in val.items() if k != "slides"})
                 if best is None or _score(record) > _score(history[best["epoch"] - 1]):
                     best = {"epoch": epoch + 1, "state_dict": _copy_state(model)}
             record["seconds"] = round(time.perf_counter() - epoch_start, 3)
+            record["bytes_read"] = _bytes_read(rows) - read_start
             history.append(record)
             if progress:
                 tqdm.write(_epoch_line(record, epochs))
@@ -149,7 +164,7 @@ def train(
     held_out = "test" if splits["test"] else "val"
     test = {}
     if splits[held_out]:
-        test = evaluate(model, splits[held_out], seed=seed, draws=cfg.train.eval_draws, topk=cfg.train.eval_topk, truth=truth)
+        test = evaluate(model, splits[held_out], seed=seed, draws=cfg.train.eval_draws, topk=cfg.train.eval_topk, truth=truth, **remote)
     metrics = {
         "class_names": list(class_names),
         "seed": seed,
@@ -163,6 +178,7 @@ def train(
         "test": test,
         "seconds_per_step": round(float(np.mean(step_seconds)), 4) if step_seconds else None,
         "train_seconds": round(time.perf_counter() - started, 2),
+        "bytes_read_setup": read_setup,
         **peak_memory(device),
         "config": cfg.to_dict(),
     }
@@ -202,20 +218,20 @@ def assign_splits(rows: Sequence[ManifestRow], cfg: TrainConfig, seed: int) -> d
     return splits
 
 
-def training_microns(model: ATSModel, rows: Sequence[ManifestRow]) -> dict[str, float]:
+def training_microns(model: ATSModel, rows: Sequence[ManifestRow], opener: Callable[..., Slide] = open_slide) -> dict[str, float]:
     """The microns per pixel the model reads at: the recipe's, else its downsamples at the training slides' resolution.
 
     With mixed resolutions (20x and 40x scans) the median sets the scale and every slide is
     then read at those microns. Slides without a resolution (none in the file nor the
     manifest) leave a downsample model as it is when no training slide has one, and are an
     error when others have one. Opening every slide here also finds every unreadable one
-    before the first step.
+    before the first step. ``opener`` is `open_slide` with the run's options for URLs.
     """
     mpps: dict[str, float | None] = {}
     errors = []
     for r in rows:
         try:
-            with open_slide(r.path, mpp=r.mpp) as slide:
+            with opener(r.path, mpp=r.mpp) as slide:
                 mpps[r.slide_id] = slide.mpp
         except (OSError, ValueError) as err:
             errors.append(f"{r.slide_id} ({r.path}): {err}")
@@ -279,12 +295,12 @@ def _train_epoch(
     return {"loss": float(np.mean(losses)), "accuracy": float(np.mean(correct))}
 
 
-def _open_errors(splits: Mapping[str, Sequence[ManifestRow]]) -> dict[str, str]:
+def _open_errors(splits: Mapping[str, Sequence[ManifestRow]], opener: Callable[..., Slide]) -> dict[str, str]:
     """Slide id -> why it cannot be opened, for every slide of every split (all found before any training)."""
     errors = {}
     for row in (r for part in splits.values() for r in part):
         try:
-            with open_slide(row.path, mpp=row.mpp):
+            with opener(row.path, mpp=row.mpp):
                 pass
         except Exception as err:  # noqa: BLE001 - any failure makes the slide unusable; all are listed
             errors[row.slide_id] = _one_line(err)
@@ -292,14 +308,19 @@ def _open_errors(splits: Mapping[str, Sequence[ManifestRow]]) -> dict[str, str]:
 
 
 def _read_training_slides(
-    model: ATSModel, rows: Sequence[ManifestRow], cache: TrainingCache, resampled_cache: str | Path | None, progress: bool
+    model: ATSModel,
+    rows: Sequence[ManifestRow],
+    cache: TrainingCache,
+    resampled_cache: str | Path | None,
+    progress: bool,
+    opener: Callable[..., Slide],
 ) -> dict[str, str]:
     """Plan every training slide and read its tissue windows into ``cache`` (once for the run); slide id -> error for the rest."""
     errors = {}
     for row in progress_bar(rows, enabled=progress, desc="reading training slides", unit="slide", leave=False):
         slide = None
         try:
-            slide = open_slide(row.path, mpp=row.mpp)
+            slide = opener(row.path, mpp=row.mpp)
             plan = plan_slide(model, slide, cache=resampled_cache)
             cache[row.slide_id] = (slide, plan, list(read_windows(plan)))
         except Exception as err:  # noqa: BLE001 - a slide that opens but cannot be read: listed like the others
@@ -322,6 +343,11 @@ def _drop_unreadable(
         raise ValueError(f"{len(bad)} slide(s) cannot be read; fix or remove them, or pass --skip-unreadable:\n  {listing}")
     say(f"skipping {len(bad)} unreadable slide(s) (listed in metrics.json):\n  {listing}")
     return {name: [r for r in part if r.slide_id not in errors] for name, part in splits.items()}, bad
+
+
+def _bytes_read(rows: Sequence[ManifestRow]) -> int:
+    """Bytes this process has read of the rows' slides so far (from the server, for URLs: `remote.read_stats`)."""
+    return sum(read_stats(path).bytes for path in {r.path for r in rows})
 
 
 def _one_line(err: BaseException) -> str:

@@ -8,9 +8,12 @@ Dispatch:
 - a URL (``s3://``, ``gs://``, ``https://``, any fsspec protocol; `wsi_ats.readers.remote`) -> the TIFF
   backend reading byte ranges (a ``.tif``/``.tiff``/``.svs`` name, or an object starting with the TIFF
   magic), else the zarr backend (a ``.zarr`` name or a folder). Formats only OpenSlide reads (NDPI,
-  MRXS, SCN, BIF, DICOM, VMS) are refused with an error saying to copy them locally: OpenSlide reads
-  local files only. ``storage_options`` are fsspec's (credentials, endpoint); without them fsspec's
-  environment applies (``AWS_*``, ``FSSPEC_S3_ENDPOINT_URL``, ...);
+  MRXS, SCN, BIF, DICOM, VMS) are refused with an error saying to stage them or copy them locally:
+  OpenSlide reads local files only. ``storage_options`` are fsspec's (credentials, endpoint); without
+  them fsspec's environment applies (``AWS_*``, ``FSSPEC_S3_ENDPOINT_URL``, ...). ``remote_cache=DIR``
+  keeps what is read on disk for the next read (`wsi_ats.readers.remote_cache`);
+- a URL with ``stage=DIR`` -> downloaded whole into DIR once (`wsi_ats.readers.stage`), then opened
+  as the local file below, by any backend (OpenSlide included). Every URL is staged, TIFF and zarr too;
 - a file -> the TIFF fast path (`wsi_ats.readers.tiff`) or OpenSlide, decided once per file version:
 
   1. OpenSlide's ``detect_format`` names the vendor. Vendors other than
@@ -51,7 +54,7 @@ from wsi_ats.readers.handles import HandleCache, file_key
 from wsi_ats.readers.openslide import OpenSlideSlide, detect_vendor, dicom_file
 from wsi_ats.readers.openslide import levels_of as openslide_levels
 from wsi_ats.readers.pixels import UnsupportedPixels
-from wsi_ats.readers.remote import is_url, url_to_fs
+from wsi_ats.readers.remote import is_url, url_errors, url_to_fs
 from wsi_ats.readers.resolution import apply_resolution
 from wsi_ats.readers.tiff import local_only, open_tiff
 from wsi_ats.readers.zarr import open_zarr
@@ -89,40 +92,52 @@ def open_slide(
     backend: str | None = None,
     mpp: float | None = None,
     storage_options: dict | None = None,
+    stage: str | os.PathLike | None = None,
+    remote_cache: str | os.PathLike | None = None,
 ) -> Slide:
     """Open a slide file, zarr store (path or URL) or ``H x W x 3`` array; see the module docstring.
 
     ``mpp`` (micrometres per level-0 pixel) overrides the file's resolution; without one the
     file's is used, else its objective power (`wsi_ats.readers.resolution`). ``storage_options``
     configure fsspec for a URL (e.g. ``{"endpoint_url": ..., "key": ..., "secret": ...}`` for S3).
+    A URL is read by byte range (kept in the folder ``remote_cache``, if given), or, with
+    ``stage``, downloaded into that folder once and read from there: the slide's ``source``
+    is then the local copy. Local paths ignore both.
     """
+    check_remote_options(stage, remote_cache)
     if not isinstance(source, np.ndarray) and is_url(os.fspath(source)):
-        return apply_resolution(_open_url(os.fspath(source), backend, storage_options), mpp)
+        url = os.fspath(source)
+        if stage is not None:
+            from wsi_ats.readers.stage import stage as download
+
+            return apply_resolution(_open(str(download(url, stage, storage_options).path), backend), mpp)
+        cache = None if remote_cache is None else os.fspath(remote_cache)
+        return apply_resolution(_open_url(url, backend, storage_options, cache), mpp)
     return apply_resolution(_open(source, backend), mpp)
 
 
-def _open_url(url: str, backend: str | None, storage_options: dict | None) -> Slide:
+def check_remote_options(stage: object, remote_cache: object) -> None:
+    """Staging reads a local copy, so a cache of remote reads would never be used: one or the other."""
+    if stage is not None and remote_cache is not None:
+        raise ValueError("give stage (download whole slides) or remote_cache (keep the bytes read), not both")
+
+
+def _open_url(url: str, backend: str | None, storage_options: dict | None, cache: str | None) -> Slide:
     if backend not in (None, "tiff", "zarr"):
-        raise ValueError(f"a URL is read by the 'tiff' or 'zarr' backend, not {backend!r} (OpenSlide reads local files only)")
+        raise ValueError(
+            f"a URL is read by the 'tiff' or 'zarr' backend, not {backend!r} (OpenSlide reads local files only; "
+            "stage the slide: stage=DIR, --stage DIR)"
+        )
     fs, path = url_to_fs(url, storage_options)
     name = path.rstrip("/").lower()
     only = next((fmt for suffix, fmt in OPENSLIDE_ONLY_SUFFIXES.items() if name.endswith(suffix)), None)
     if only is not None and backend is None:
         raise SlideError(local_only(url, only))
-    try:
-        try:
-            info = fs.info(path)  # raises what the server says: missing, denied, ...
-        except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), url) from None
+    with url_errors(url):
+        info = fs.info(path)  # raises what the server says: missing, denied, ...
         if backend is None:
             backend = _url_backend(url, fs, path, name, info)
-        return open_tiff(url, storage_options) if backend == "tiff" else open_zarr(url, storage_options)
-    except (FileNotFoundError, SlideError):
-        raise
-    except PermissionError as err:
-        raise SlideError(f"{url}: access denied ({err}); check the credentials (storage_options, or AWS_* in the environment)") from err
-    except OSError as err:  # unreachable, ...
-        raise SlideError(f"{url}: cannot read: {err}") from err
+        return open_tiff(url, storage_options, cache) if backend == "tiff" else open_zarr(url, storage_options, cache)
 
 
 def _url_backend(url: str, fs, path: str, name: str, info: dict) -> str:
@@ -135,7 +150,7 @@ def _url_backend(url: str, fs, path: str, name: str, info: dict) -> str:
         return "tiff"
     raise SlideError(
         f"{url}: not a TIFF or zarr store; other formats are read by OpenSlide, which reads local files only: "
-        "copy the slide to a local disk"
+        "stage it (--stage DIR, stage=DIR) or copy the slide to a local disk"
     )
 
 

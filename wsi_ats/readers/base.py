@@ -83,6 +83,8 @@ class Slide(abc.ABC):
         self.given_mpp: float | None = None
         #: fsspec options (credentials, endpoint) of a URL source, kept when the slide is pickled and reopened.
         self.storage_options: dict | None = None
+        #: Folder keeping what is read from a URL source (`wsi_ats.readers.remote_cache`), kept when pickled.
+        self.remote_cache: str | None = None
         self.properties = dict(properties or {})
 
     # -- hooks -----------------------------------------------------------------
@@ -216,6 +218,7 @@ class Slide(abc.ABC):
         from wsi_ats.readers import open_slide
 
         options = {"storage_options": self.storage_options} if self.storage_options else {}
+        options |= {"remote_cache": self.remote_cache} if self.remote_cache else {}
         return (functools.partial(open_slide, backend=self.backend, mpp=self.given_mpp, **options), (self.source,))
 
     def __enter__(self) -> Slide:

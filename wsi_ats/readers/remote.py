@@ -21,15 +21,19 @@ Credentials and endpoints are fsspec's: ``storage_options`` in the Python API
 
 from __future__ import annotations
 
+import datetime
+import errno
 import io
 import os
 import threading
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from wsi_ats.readers.base import SlideError
 from wsi_ats.readers.handles import file_key
+from wsi_ats.readers.remote_cache import ReadCache, caching_store, uncached_warning
 
 #: Bytes of prefetched ranges a remote source holds until they are read.
 PREFETCH_LIMIT = 256 * 1024 * 1024
@@ -52,6 +56,34 @@ def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[
         return fsspec.core.url_to_fs(url, **(storage_options or {}))
     except (ImportError, ValueError) as err:  # unknown protocol, or its filesystem package is missing
         raise SlideError(f"{url}: cannot open this URL: {err}") from err
+
+
+def object_version(info: dict[str, Any]) -> str | None:
+    """What changes when an object is rewritten: its ETag, else its modification time; None when the server says neither.
+
+    From ``fs.info`` or ``fs.find(detail=True)`` (S3 gives the ETag in both, HTTP servers an
+    ``ETag`` or ``Last-Modified`` header, local files an ``mtime``).
+    """
+    for name in ("ETag", "etag", "LastModified", "Last-Modified", "mtime", "updated"):
+        value = info.get(name)
+        if value:
+            return str(value.timestamp()) if isinstance(value, datetime.datetime) else str(value)
+    return None
+
+
+@contextmanager
+def url_errors(url: str) -> Iterator[None]:
+    """Translate what a server says into one clear error naming ``url``: missing, denied, unreachable."""
+    try:
+        yield
+    except FileNotFoundError as err:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), url) from err
+    except SlideError:
+        raise
+    except PermissionError as err:
+        raise SlideError(f"{url}: access denied ({err}); check the credentials (storage_options, or AWS_* in the environment)") from err
+    except OSError as err:  # unreachable, ...
+        raise SlideError(f"{url}: cannot read: {err}") from err
 
 
 # -- accounting ----------------------------------------------------------------
@@ -156,15 +188,21 @@ class RemoteBytes(ByteSource):
     once, up to `PREFETCH_LIMIT` bytes (beyond that, ranges are fetched again when read).
     """
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, cache: str | os.PathLike[str] | None = None) -> None:
         self.name = url
         self.fs, self.path = url_to_fs(url, storage_options)
         info = self.fs.info(self.path)
         if info.get("type") == "directory":
             raise SlideError(f"{url}: a folder, not a slide file")
         self.size = int(info["size"])
-        version = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime")
+        version = object_version(info)
         self.key = (url, self.size, str(version))
+        #: Ranges kept on disk (`wsi_ats.readers.remote_cache`), for this version of the object only.
+        self.cache: ReadCache | None = None
+        if cache is not None and version is None:
+            uncached_warning(url)
+        elif cache is not None:
+            self.cache = ReadCache(cache, *self.key)
         self._ahead: dict[tuple[int, int], bytes] = {}
         self._ahead_bytes = 0
         self._lock = threading.Lock()
@@ -186,13 +224,27 @@ class RemoteBytes(ByteSource):
         return [found[r] if r in found else next(fetched) for r in ranges]
 
     def _fetch(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        if not ranges:
-            return []
-        starts = [offset for offset, _ in ranges]
-        ends = [min(offset + n, self.size) for offset, n in ranges]
-        out = self.fs.cat_ranges([self.path] * len(ranges), starts, ends, on_error="raise")
-        record_read(self.name, sum(map(len, out)), len(out))
-        return out
+        """The ranges from the cache where it has them, the rest from the server (counted) in one round."""
+        cache = self.cache
+        found = {}
+        if cache is not None:
+            found = {r: cache.get(f"{r[0]}-{r[1]}", self._length(r)) for r in dict.fromkeys(ranges)}
+            found = {r: data for r, data in found.items() if data is not None}
+        wanted = list(dict.fromkeys(r for r in ranges if r not in found))
+        if wanted:
+            starts = [offset for offset, _ in wanted]
+            ends = [offset + self._length((offset, n)) for offset, n in wanted]
+            out = self.fs.cat_ranges([self.path] * len(wanted), starts, ends, on_error="raise")
+            record_read(self.name, sum(map(len, out)), len(out))
+            for r, data in zip(wanted, out):
+                found[r] = data
+                if cache is not None and len(data) == self._length(r):
+                    cache.put(f"{r[0]}-{r[1]}", data)
+        return [found[r] for r in ranges]
+
+    def _length(self, r: tuple[int, int]) -> int:
+        """Bytes of the range ``(offset, count)`` that lie inside the object."""
+        return max(0, min(r[0] + r[1], self.size) - r[0])
 
     def stream(self) -> io.BufferedIOBase:
         return io.BufferedReader(_Counted(self), HEADER_BLOCK)
@@ -228,9 +280,9 @@ class _Counted(io.RawIOBase):
         return len(data)
 
 
-def open_bytes(source: str, storage_options: dict[str, Any] | None = None) -> ByteSource:
-    """A `ByteSource` for a local path or a URL."""
-    return RemoteBytes(source, storage_options) if is_url(source) else LocalBytes(source)
+def open_bytes(source: str, storage_options: dict[str, Any] | None = None, cache: str | os.PathLike[str] | None = None) -> ByteSource:
+    """A `ByteSource` for a local path or a URL (whose reads ``cache``, a folder, keeps: `wsi_ats.readers.remote_cache`)."""
+    return RemoteBytes(source, storage_options, cache) if is_url(source) else LocalBytes(source)
 
 
 def source_key(source: str, storage_options: dict[str, Any] | None = None) -> Hashable:
@@ -239,8 +291,11 @@ def source_key(source: str, storage_options: dict[str, Any] | None = None) -> Ha
 
 
 # -- zarr ----------------------------------------------------------------------
-def counting_store(source: str, storage_options: dict[str, Any] | None = None) -> Any:
-    """A read-only zarr store over a local folder or URL whose reads are counted under ``source``."""
+def counting_store(source: str, storage_options: dict[str, Any] | None = None, cache: str | os.PathLike[str] | None = None) -> Any:
+    """A read-only zarr store over a local folder or URL whose reads are counted under ``source``.
+
+    ``cache``: a folder keeping what is read from a URL (`wsi_ats.readers.remote_cache`); hits are not counted.
+    """
     from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
     class _CountingStore(WrapperStore):
@@ -259,9 +314,8 @@ def counting_store(source: str, storage_options: dict[str, Any] | None = None) -
             record_read(source, sum(len(b) for b in found), len(found))
             return bufs
 
-    if is_url(source):
-        url_to_fs(source, storage_options)  # a clear error for an unknown protocol
-        store = FsspecStore.from_url(source, storage_options=storage_options, read_only=True)
-    else:
-        store = LocalStore(source, read_only=True)
-    return _CountingStore(store)
+    if not is_url(source):
+        return _CountingStore(LocalStore(source, read_only=True))
+    fs, root = url_to_fs(source, storage_options)  # a clear error for an unknown protocol
+    store = _CountingStore(FsspecStore.from_url(source, storage_options=storage_options, read_only=True))
+    return store if cache is None else caching_store(store, cache, source, fs, root)

@@ -105,19 +105,20 @@ class _TiledHandle:
 _HANDLES: HandleCache[_TiledHandle | Pyramid] = HandleCache(MAX_OPEN)
 
 
-def open_tiff(path: str, storage_options: dict[str, Any] | None = None) -> Slide:
-    """A TIFF (path or URL) as a `TiffSlide` (tiled fast path) or, failing that, a `ZarrSlide` on tifffile's zarr view."""
+def open_tiff(path: str, storage_options: dict[str, Any] | None = None, remote_cache: str | None = None) -> Slide:
+    """A TIFF (path or URL) as a `TiffSlide` (tiled fast path) or, failing that, a `ZarrSlide` on tifffile's zarr view.
+
+    ``remote_cache``: a folder keeping the byte ranges read from a URL (`wsi_ats.readers.remote_cache`).
+    """
     key = source_key(path, storage_options)
-    handle = _cached(path, key, storage_options)
-    if isinstance(handle, _TiledHandle):
-        return TiffSlide(path, key, handle, storage_options)
-    slide = ZarrSlide(path, handle)
-    slide.storage_options = storage_options
+    handle = _cached(path, key, storage_options, remote_cache)
+    slide = TiffSlide(path, key, handle, storage_options) if isinstance(handle, _TiledHandle) else ZarrSlide(path, handle)
+    slide.storage_options, slide.remote_cache = storage_options, remote_cache
     return slide
 
 
-def _cached(path: str, key: Hashable, storage_options: dict[str, Any] | None) -> _TiledHandle | Pyramid:
-    return _HANDLES.get(key, lambda: _open(path, key, storage_options))
+def _cached(path: str, key: Hashable, storage_options: dict[str, Any] | None, remote_cache: str | None) -> _TiledHandle | Pyramid:
+    return _HANDLES.get((key, remote_cache), lambda: _open(path, key, storage_options, remote_cache))
 
 
 class TiffSlide(Slide):
@@ -131,7 +132,7 @@ class TiffSlide(Slide):
         self.storage_options = storage_options
 
     def _handle(self) -> _TiledHandle:
-        handle = _cached(self.source, self._key, self.storage_options)
+        handle = _cached(self.source, self._key, self.storage_options, self.remote_cache)
         assert isinstance(handle, _TiledHandle)
         return handle
 
@@ -189,12 +190,12 @@ class TiffSlide(Slide):
 
     def close(self) -> None:
         """Drop the cached handle; it closes once no read uses it, and a later read reopens it."""
-        _HANDLES.discard(self._key)
+        _HANDLES.discard((self._key, self.remote_cache))
 
 
 # -- opening -------------------------------------------------------------------
-def _open(path: str, key: Hashable, storage_options: dict[str, Any] | None) -> _TiledHandle | Pyramid:
-    file = open_bytes(path, storage_options)
+def _open(path: str, key: Hashable, storage_options: dict[str, Any] | None, remote_cache: str | None) -> _TiledHandle | Pyramid:
+    file = open_bytes(path, storage_options, remote_cache)
     if file.key != key:  # levels would not match the slide's
         file.close()
         raise SlideError(f"{path}: changed since it was opened")
@@ -295,7 +296,10 @@ def _check_tiff_vendor(url: str, tf: tifffile.TiffFile) -> None:
 
 def local_only(url: str, name: str) -> str:
     """The error for a format OpenSlide must read, given as a URL."""
-    return f"{url}: {name} slides are read by OpenSlide, which reads local files only; copy the slide to a local disk and give that path"
+    return (
+        f"{url}: {name} slides are read by OpenSlide, which reads local files only; stage it with --stage DIR "
+        "(open_slide(..., stage=DIR) in Python: it is downloaded once into DIR), or copy it to a local disk and give that path"
+    )
 
 
 def _premultiplied(page: tifffile.TiffPage) -> bool:

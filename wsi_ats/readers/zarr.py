@@ -120,10 +120,14 @@ class ZarrSlide(Slide):
 _PYRAMIDS: HandleCache[Pyramid] = HandleCache(MAX_OPEN)
 
 
-def open_zarr(source: str, storage_options: dict[str, Any] | None = None) -> ZarrSlide:
-    """An OME-Zarr or plain level group at a local path or fsspec URL (its reads counted: `remote.read_stats`)."""
-    slide = ZarrSlide(source, _PYRAMIDS.get(_store_key(source), lambda: _load(source, storage_options)))
-    slide.storage_options = storage_options
+def open_zarr(source: str, storage_options: dict[str, Any] | None = None, remote_cache: str | None = None) -> ZarrSlide:
+    """An OME-Zarr or plain level group at a local path or fsspec URL (its reads counted: `remote.read_stats`).
+
+    ``remote_cache``: a folder keeping the objects read from a URL (`wsi_ats.readers.remote_cache`).
+    """
+    key = (_store_key(source), remote_cache)
+    slide = ZarrSlide(source, _PYRAMIDS.get(key, lambda: _load(source, storage_options, remote_cache)))
+    slide.storage_options, slide.remote_cache = storage_options, remote_cache
     return slide
 
 
@@ -135,11 +139,11 @@ def _store_key(source: str) -> tuple:
     return (os.path.realpath(source), stamps)
 
 
-def _load(source: str, storage_options: dict[str, Any] | None) -> Pyramid:
+def _load(source: str, storage_options: dict[str, Any] | None, remote_cache: str | None = None) -> Pyramid:
     from wsi_ats.readers.remote import counting_store
 
     try:
-        group = zarr.open_group(counting_store(source, storage_options), mode="r")
+        group = zarr.open_group(counting_store(source, storage_options, remote_cache), mode="r")
         attrs = group.attrs.asdict()
     except (zarr.errors.BaseZarrError, OSError, ValueError) as err:
         raise SlideError(f"{source}: not a zarr group: {err}") from err
