@@ -62,6 +62,7 @@ BENCHMARKS = (
     Benchmark("bad_input_memory", "peak RSS and time of wsi-ats predict on one-level TIFFs: 28k^2, sparse 200k^2, 10^6^2 (refused)"),
     Benchmark("scaling", "batch prediction throughput against the number of workers"),
     Benchmark("remote", "prediction on slides in S3 / over HTTP Range: bytes read / file size, requests, time vs local disk"),
+    Benchmark("draws", "draws spent, accuracy and agreement with a many-draw answer: fixed K = 1, 4, 16 against --draws auto"),
     Benchmark("megadigits", "Megapixel MNIST-style task: ATS accuracy and time against baselines"),
 )  # fmt: skip
 _BY_NAME = {b.name: b for b in BENCHMARKS}
