@@ -247,12 +247,12 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     colours = {"held_out": "#27a", "one_lesion": "#4a7", "mixed": "#c52"}
     for i, (group, modes) in enumerate(result["by_group"].items()):
         xs = [modes[m]["draws_mean"] for m in modes]
-        size = 1.0 - 0.3 * i  # groups that coincide stay visible: the first drawn largest
+        size = 1.0 - 0.2 * i  # groups that coincide stay visible: the first drawn largest
         left.plot(xs[:-1], [modes[m]["agreement"] for m in modes][:-1], "-", color=colours.get(group), alpha=0.4)
         for x, m in zip(xs, modes):
             auto = m == "auto"
             left.plot(x, modes[m]["agreement"], "*" if auto else "o", ms=(16 if auto else 10) * size, color=colours.get(group))
-            if i == 0 or group == "mixed":
+            if (i == 0 and not auto) or group == "mixed":
                 left.annotate(m, (x, modes[m]["agreement"]), textcoords="offset points", xytext=(5, -12), fontsize=7)
         left.plot([], [], "o", color=colours.get(group), label=f"{group} ({modes['auto']['slides']} slides)")
     left.set_xscale("log", base=2)
