@@ -254,19 +254,48 @@ def _write_sparse(
     root.attrs.update({"ome": {"version": "0.5", "multiscales": multiscales(name, ds, mpp, "0.5")}})
 
 
-def cached_cohort(n: int, size: int, *, seed: int = 0, cache: Path = CACHE) -> Path:
+def cached_cohort(n: int, size: int, *, seed: int = 0, n_blobs: int = 3, cache: Path = CACHE) -> Path:
     """``manifest.csv`` of a synthetic TIFF cohort (`wsi_ats.synth.make_cohort`), written once into ``cache``.
 
     The manifest's paths are relative to its folder, so the finished folder can be moved into place.
     """
     from wsi_ats.synth import make_cohort
 
-    folder = cache / f"cohort-n{n}-{size}-seed{seed}"
+    folder = cache / f"cohort-n{n}-{size}-seed{seed}{'' if n_blobs == 3 else f'-blobs{n_blobs}'}"
     if not folder.exists():
         print(f"writing {folder} (once) ...", file=sys.stderr)
         with building(folder) as part:
-            make_cohort(part, n=n, size=size, formats=("tiff",), seed=seed, progress=False)
+            make_cohort(part, n=n, size=size, formats=("tiff",), seed=seed, n_blobs=n_blobs, progress=False)
     return folder / "manifest.csv"
+
+
+def demo_model(quick: bool = False, cache: Path = CACHE) -> tuple[Path, Path]:
+    """``(model.pt, manifest.csv)``: the demo cohort (`wsi_ats.demo.DEMO_COHORT`) and the synthetic recipe's model on it, made once.
+
+    The model `wsi-ats demo` trains (60 epochs, about a minute on 2 cores), shared by the
+    benchmarks that need a trained one. ``quick``: 4 slides of 1024 px and one epoch, a smoke
+    run. Cohort and run are each built aside and moved into place (`building`).
+    """
+    from wsi_ats.demo import DEMO_COHORT
+    from wsi_ats.evaluate import truth_boxes
+    from wsi_ats.manifest import read_manifest
+    from wsi_ats.recipes import path as recipe
+    from wsi_ats.synth import make_cohort
+    from wsi_ats.train import train
+
+    folder = cache / ("demo-model-quick" if quick else "demo-model")
+    model, manifest = folder / "run" / "model.pt", folder / "cohort" / "manifest.csv"
+    if not manifest.exists():
+        print(f"writing {manifest.parent} (once) ...", file=sys.stderr)
+        with building(manifest.parent) as part:
+            make_cohort(part, **({**DEMO_COHORT, "n": 4, "size": 1024, "n_blobs": 3} if quick else DEMO_COHORT), progress=False)
+    if not model.exists():
+        print(f"training {model} (once) ...", file=sys.stderr)
+        rows = read_manifest(manifest)
+        truth = truth_boxes(manifest.parent / "annotations", [r.slide_id for r in rows])
+        with building(model.parent) as part:
+            train(rows, recipe("synthetic_wsi"), part, seed=0, epochs=1 if quick else None, progress=False, truth=truth)
+    return model, manifest
 
 
 # -- outputs ---------------------------------------------------------------------------------------

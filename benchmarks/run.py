@@ -63,6 +63,7 @@ BENCHMARKS = (
     Benchmark("scaling", "batch prediction throughput against the number of workers"),
     Benchmark("remote", "prediction on slides in S3 / over HTTP Range: bytes read / file size, requests, time vs local disk"),
     Benchmark("remote_cache", "training over S3 URLs: bytes fetched per epoch without a cache, with --remote-cache, with --stage"),
+    Benchmark("draws", "draws spent, accuracy and agreement with a many-draw answer: fixed K = 1, 4, 16 against --draws auto"),
     Benchmark("megadigits", "Megapixel MNIST-style task: ATS accuracy and time against baselines"),
 )  # fmt: skip
 _BY_NAME = {b.name: b for b in BENCHMARKS}

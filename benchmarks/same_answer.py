@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import CACHE, RESULTS, machine_info, summary_row, write_json
+from harness import CACHE, RESULTS, demo_model, machine_info, summary_row, write_json
 
 STORAGES = {
     "x2_pyramid": dict(downsamples=(1, 2, 8, 32)),
@@ -25,36 +25,6 @@ STORAGES = {
     "one_level": dict(downsamples=(1,)),
     "ome_zarr_x3": dict(downsamples=(1, 3, 9), fmt="zarr"),
 }
-
-
-def demo_model(folder: Path, quick: bool = False) -> tuple[Path, Path]:
-    """``(model.pt, manifest.csv)`` of the demo cohort, trained into ``folder`` when not there yet.
-
-    ``quick``: 4 slides of 1024 px and one epoch, a smoke run of the whole script.
-    """
-    from wsi_ats.demo import DEMO_COHORT
-    from wsi_ats.evaluate import truth_boxes
-    from wsi_ats.manifest import read_manifest
-    from wsi_ats.recipes import path as recipe
-    from wsi_ats.synth import make_cohort
-    from wsi_ats.train import train
-
-    model, manifest = folder / "run" / "model.pt", folder / "cohort" / "manifest.csv"
-    cohort = {**DEMO_COHORT, "n": 4, "size": 1024, "n_blobs": 3} if quick else DEMO_COHORT
-    if not manifest.exists():
-        make_cohort(folder / "cohort", **cohort, progress=False)
-    if not model.exists():
-        rows = read_manifest(manifest)
-        train(
-            rows,
-            recipe("synthetic_wsi"),
-            folder / "run",
-            seed=0,
-            epochs=1 if quick else None,
-            progress=False,
-            truth=truth_boxes(manifest.parent / "annotations", [r.slide_id for r in rows]),
-        )
-    return model, manifest
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -66,7 +36,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     info, started = machine_info(), time.perf_counter()
     folder = CACHE / ("same-answer-quick" if args.quick else "same-answer-demo")
-    model_path, manifest = (args.model, args.manifest) if args.model else demo_model(folder, args.quick)
+    model_path, manifest = (args.model, args.manifest) if args.model else demo_model(args.quick)
     model = load_checkpoint(model_path, device="cpu")
     rows = [r for r in read_manifest(manifest) if r.split == "test"] or read_manifest(manifest)
     copies = folder / "copies"

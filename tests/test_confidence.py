@@ -10,6 +10,7 @@ from predict_data import cohort_slides, trained_model
 from wsi_ats.cli import build_parser
 from wsi_ats.engine.confidence import AUTO_BATCH, AUTO_CAP, confidence
 from wsi_ats.engine.run import predict_slide
+from wsi_ats.manifest import read_manifest
 from wsi_ats.outputs.csvrows import error_row, read_predictions, result_row, write_predictions
 from wsi_ats.pipeline import load_model
 from wsi_ats.readers import open_slide
@@ -72,6 +73,15 @@ def test_the_same_seed_gives_the_same_draws_and_auto_draws_what_a_fixed_count_wo
     auto = predict(net, slides[0], "auto", seed=3)
     fixed = predict(net, slides[0], auto.draws, seed=3)
     assert np.allclose(auto.probabilities, fixed.probabilities) and np.array_equal(auto.patch_top_left, fixed.patch_top_left)
+
+
+def test_auto_spends_fewer_draws_in_total_than_a_fixed_count_for_the_same_answers(net, slides):
+    labels = {r.slide_id: r.label for r in read_manifest(slides[0].parent.parent / "manifest.csv")}
+    runs = [(predict(net, path, "auto", seed), predict(net, path, 4 * AUTO_BATCH, seed)) for path in slides for seed in (0, 1)]
+    spent = [sum(r.draws for r in mode) for mode in zip(*runs)]
+    right = [sum(r.prediction == labels[r.slide_id.split(".")[0]] for r in mode) for mode in zip(*runs)]
+    print(f"draws spent by auto and by {4 * AUTO_BATCH} draws: {spent}; right answers: {right} of {len(runs)}")
+    assert spent[0] < spent[1] and all(auto.prediction == fixed.prediction for auto, fixed in runs)  # so equal accuracy
 
 
 class Sharper(torch.nn.Module):
