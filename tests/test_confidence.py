@@ -8,7 +8,7 @@ import torch
 from predict_data import cohort_slides, trained_model
 
 from wsi_ats.cli import build_parser
-from wsi_ats.engine.confidence import AUTO_BATCH, AUTO_CAP, confidence
+from wsi_ats.engine.confidence import AUTO_BATCH, AUTO_CAP, AUTO_FIRST, confidence
 from wsi_ats.engine.run import predict_slide
 from wsi_ats.manifest import read_manifest
 from wsi_ats.outputs.csvrows import error_row, read_predictions, result_row, write_predictions
@@ -61,6 +61,11 @@ def test_one_draw_has_no_spread_and_is_never_confident():
     assert c.draws == 1 and not c.confident and np.isnan(c.standard_error).all() and np.isnan(c.interval).all()
 
 
+def test_the_interval_of_a_probability_stays_within_zero_and_one():
+    low, high = confidence(np.array([[0.99, 0.01], [0.95, 0.05], [1.0, 0.0]])).interval
+    assert 0.0 <= low < high == 1.0
+
+
 def test_two_classes_are_confident_when_the_top_interval_lies_above_one_half():
     assert confidence(np.array([[0.8, 0.2], [0.7, 0.3], [0.75, 0.25]])).confident
     assert not confidence(np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])).confident
@@ -97,7 +102,7 @@ class Sharper(torch.nn.Module):
 
 def test_auto_stops_after_one_batch_on_an_easy_slide_and_spends_more_on_a_hard_one(net, slides):
     easy = predict(net, slides[0], "auto")
-    assert easy.confident and easy.draws == AUTO_BATCH
+    assert easy.confident and easy.draws == AUTO_FIRST
     original = net.classifier
     with open_slide(str(slides[0])) as slide:
         from wsi_ats.engine.attention import tissue_logits
@@ -116,7 +121,7 @@ def test_auto_stops_after_one_batch_on_an_easy_slide_and_spends_more_on_a_hard_o
         hard = predict(net, slides[0], "auto")
     finally:
         net.classifier = original
-    assert 2 * AUTO_BATCH < hard.draws <= AUTO_CAP  # until settled or the cap: more than one or two batches
+    assert AUTO_FIRST + AUTO_BATCH < hard.draws <= AUTO_CAP  # until settled or the cap: more than one or two batches
 
 
 def test_the_csv_carries_the_confidence_and_error_rows_are_never_confident(net, slides, tmp_path):

@@ -22,7 +22,7 @@ import torch
 from wsi_ats.device import autocast, to_device
 from wsi_ats.engine.assemble import slide_result, unjudged_result
 from wsi_ats.engine.attention import tissue_logits
-from wsi_ats.engine.confidence import AUTO, AUTO_BATCH, Draws, confidence, settled
+from wsi_ats.engine.confidence import AUTO, AUTO_BATCH, AUTO_FIRST, Draws, confidence, settled
 from wsi_ats.engine.coordinates import patch_corners
 from wsi_ats.engine.fetch import fetch_patches
 from wsi_ats.engine.plan import SlidePlan, plan_slide
@@ -108,7 +108,15 @@ def predict_slide(
         with autocast(model.device):
             logits = tissue_logits(model, read_windows(plan), plan)
             while True:
-                outs.append(model(logits, patches, draws=AUTO_BATCH if draws == AUTO else draws, topk=topk, generator=generator))
+                outs.append(
+                    model(
+                        logits,
+                        patches,
+                        draws=(AUTO_BATCH if outs else AUTO_FIRST) if draws == AUTO else draws,
+                        topk=topk,
+                        generator=generator,
+                    )
+                )
                 corners.append(patches.corners)
                 pixels.append(patches.pixels)
                 per_draw = torch.softmax(torch.cat([o.logits.float() for o in outs]), dim=-1).cpu().numpy()
