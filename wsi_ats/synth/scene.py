@@ -11,9 +11,10 @@ A *lesion* (positive slides; `lesion_a` is the same under its 3-class name) is a
 of large dark nuclei; a *lesion_b* has the same nuclei arranged in small rings around pale
 lumens (acini); a *mimic* (negative slides) has nuclei of normal size and spacing on a dense,
 mottled purple stroma. Each blob's background colour is solved from its own nuclear coverage
-so that its mean colour is `palette.BLOB_MEAN`, and each kind's mottling is set so that all
-are equally blotchy: at downsample 16 every kind is the same dark dot, and only the nuclei at
-the high level tell them apart.
+so that its mean colour is `palette.BLOB_MEAN`, and the mimic's mottling matches the lesions'
+blotchiness: at downsample 16 every kind is the same dark dot, and only the nuclei at the high
+level tell them apart (lesion_b from lesion_a by their arrangement: same nuclei and colour,
+about the same cover).
 """
 
 from __future__ import annotations
