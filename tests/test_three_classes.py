@@ -18,7 +18,7 @@ from wsi_ats.cli import main
 from wsi_ats.engine.confidence import confidence
 from wsi_ats.manifest import read_manifest
 from wsi_ats.outputs import read_predictions
-from wsi_ats.outputs.report import PALETTE, REPORT_HTML, class_colours
+from wsi_ats.outputs.report import NO_CLASS, PALETTE, REPORT_HTML, class_colours, render_report
 from wsi_ats.synth import make_cohort, make_scene, plan_cohort
 from wsi_ats.synth.render import render_tile
 from wsi_ats.synth.scene import TILE
@@ -192,3 +192,21 @@ def test_the_report_gives_each_class_its_colour_in_label_order_with_a_legend(bat
     parsed.feed(page)
     assert parsed.borders == {r["slide_id"]: colours[r["prediction"]] for r in rows}
     assert set(parsed.swatches) == set(colours.values())
+
+
+def test_a_class_nobody_was_predicted_keeps_its_colour_and_a_slide_without_a_class_gets_none():
+    probs = {"prob_lesion_a": 0.1, "prob_lesion_b": 0.8, "prob_negative": 0.1}
+    ok = {"slide_id": "s1", "path": "p", "status": "ok", "error": "", "warning": "", "prediction": "lesion_b", "probability": 0.8, **probs}
+    blank = {
+        "slide_id": "s2",
+        "path": "p",
+        "status": "unjudged",
+        "error": "",
+        "warning": "blank slide",
+        "prediction": "",
+        "probability": None,
+    }
+    parsed = Styled()
+    parsed.feed(render_report([ok, blank]))
+    assert parsed.borders == {"s1": PALETTE[1], "s2": NO_CLASS}
+    assert parsed.swatches[:3] == list(PALETTE[:3])  # the legend: every class in label order, lesion_a and negative with 0 slides
