@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="write a synthetic labelled cohort and its manifest.csv")
     s.add_argument("out", type=Path, help="folder to write slides/, annotations/ and manifest.csv into")
-    s.add_argument("--n", type=_positive(int), default=12, help="number of slides, as many of each class (default 12)")
+    s.add_argument("--n", type=_positive(int), default=12, help="number of slides, given to the classes in turn (default 12)")
     s.add_argument(
         "--classes",
         type=int,
