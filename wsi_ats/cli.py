@@ -39,7 +39,7 @@ def synth_options(args: argparse.Namespace) -> dict[str, Any]:
     """The `wsi_ats.synth.make_cohort` keywords that ``wsi-ats synth``'s options stand for (the demo's cohort is one)."""
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     return {"n": args.n, "size": args.size, "formats": formats, "seed": args.seed, "n_blobs": args.n_blobs, "mpp": args.mpp,
-            "zarr_version": args.zarr_version}  # fmt: skip
+            "zarr_version": args.zarr_version, "classes": args.classes}  # fmt: skip
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -208,7 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="write a synthetic labelled cohort and its manifest.csv")
     s.add_argument("out", type=Path, help="folder to write slides/, annotations/ and manifest.csv into")
-    s.add_argument("--n", type=_positive(int), default=12, help="number of slides, half positive (default 12)")
+    s.add_argument("--n", type=_positive(int), default=12, help="number of slides, given to the classes in turn (default 12)")
+    s.add_argument(
+        "--classes",
+        type=int,
+        choices=(2, 3),
+        default=2,
+        help="2: positive (lesions) and negative (mimics only); 3: lesion_a (solid crowds of large nuclei), lesion_b "
+        "(the same nuclei in rings around lumens) and negative: the lesion types look alike at low resolution (default 2)",
+    )
     s.add_argument("--size", type=_positive(int), default=8192, help="level-0 edge in pixels, rounded up to 256 (default 8192)")
     s.add_argument("--format", default="tiff,zarr", help="comma-separated: tiff, zarr (default both, alternating per label pair)")
     s.add_argument("--seed", type=int, default=0, help="seed of every slide and of the splits (default 0)")
@@ -216,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-blobs",
         type=_positive(int),
         default=3,
-        help="lesions (positive slides) or mimics (negative) per slide (default 3; the demo uses 12)",
+        help="lesions (lesion slides) or mimics (negative) per slide (default 3; the demo uses 12)",
     )
     s.add_argument("--mpp", type=_positive(float), default=0.25, help="level-0 micrometres per pixel the files state (default 0.25)")
     s.add_argument("--zarr-version", choices=("0.4", "0.5"), default="0.5", help="OME-NGFF version of the zarr slides (default 0.5)")

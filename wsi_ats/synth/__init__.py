@@ -3,6 +3,8 @@
 Positive slides hold a few small lesions (crowded large dark nuclei); negative slides hold as
 many mimics (normal nuclei on dense stroma). Both are the same dark dot at downsample 16, so a
 low-resolution view finds the candidates but only the high-resolution patches classify them.
+A 3-class cohort (``classes=3``) splits the lesions into two types that differ only in how
+their nuclei are arranged: ``lesion_a`` (a solid crowd) and ``lesion_b`` (rings around lumens).
 
 Slides are rendered procedurally tile by tile from a small seeded scene and streamed into an
 Aperio-like pyramidal TIFF or an OME-Zarr, so any size is written in bounded memory.

@@ -1,7 +1,8 @@
 """Ground truth of a synthetic slide as GeoJSON: one axis-aligned rectangle per lesion or mimic.
 
 Coordinates are level-0 pixels in GeoJSON's (x, y) order, as QuPath reads them; the property
-`kind` is `lesion` or `mimic` (`classification` repeats it for QuPath).
+`kind` is the blob's kind: `lesion` or `mimic` (2-class cohorts), `lesion_a`, `lesion_b` or `mimic`
+(3-class; `classification` repeats it for QuPath).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Synthetic labelled cohorts: slides, ground truth and `manifest.csv`, all from one seed.
 
 Slide i of n (everything a function of (seed, i), so a cohort is reproducible slide by slide):
-- `slide_id` = `slide_{i:03d}`; label `positive` (lesions) for even i, `negative` (mimics) for odd i;
-- format = `formats[(i // 2) % len(formats)]`: each label gets every format equally often, so the
-  container (JPEG TIFF or lossless zarr) says nothing about the label;
+- `slide_id` = `slide_{i:03d}`; label `COHORTS[classes][i % classes]`: with 2 classes `positive`
+  (lesions) for even i, `negative` (mimics) for odd i; with 3, `lesion_a` (solid lesions),
+  `lesion_b` (acinar lesions), `negative` (mimics) in turn;
+- format = `formats[(i // classes) % len(formats)]`: each label gets every format equally often, so
+  the container (JPEG TIFF or lossless zarr) says nothing about the label;
 - split, per label in index order: the first 60 % train, then 20 % val, the last 20 % test
   (one test slide per label as soon as a label has two; the test slides are the highest indices).
 
@@ -31,7 +33,11 @@ from wsi_ats.synth.scene import TILE, Scene, make_scene
 from wsi_ats.synth.tiff import write_tiff
 
 SUFFIXES = {"tiff": ".tiff", "zarr": ".ome.zarr"}
-LABELS = {True: "positive", False: "negative"}
+#: Per number of classes, each class's label and the kind of blob (`wsi_ats.synth.scene.BLOB_KINDS`) its slides hold.
+COHORTS = {
+    2: (("positive", "lesion"), ("negative", "mimic")),
+    3: (("lesion_a", "lesion_a"), ("lesion_b", "lesion_b"), ("negative", "mimic")),
+}
 SPLIT_FRACTIONS = (("train", 0.6), ("val", 0.2), ("test", 0.2))
 
 
@@ -40,14 +46,11 @@ class SlideSpec:
     """One slide of a cohort plan."""
 
     slide_id: str
-    positive: bool
+    label: str
+    kind: str
     fmt: str
     seed: int
     split: str
-
-    @property
-    def label(self) -> str:
-        return LABELS[self.positive]
 
     @property
     def relpath(self) -> str:
@@ -67,7 +70,8 @@ def make_slide(
     path: str | Path,
     size: int | tuple[int, int],
     *,
-    positive: bool,
+    positive: bool | None = None,
+    kind: str | None = None,
     seed: int,
     fmt: str | None = None,
     n_blobs: int = 3,
@@ -78,6 +82,7 @@ def make_slide(
 ) -> Scene:
     """Write one synthetic slide and return its scene (the ground truth: `scene.blobs`).
 
+    Its blobs are `kind` (`wsi_ats.synth.scene.BLOB_KINDS`), or lesions / mimics by `positive`.
     `size` is the level-0 edge (or (height, width)), rounded up to whole 256-px tiles; `fmt` is
     taken from the suffix when omitted (`.tif`/`.tiff`/`.svs`: TIFF, `.zarr`: OME-Zarr).
     `workers` threads render (and, for TIFF, JPEG-encode) tiles; the output does not depend on it.
@@ -86,7 +91,7 @@ def make_slide(
     fmt = fmt or _format_of(path)
     if fmt not in SUFFIXES:
         raise ValueError(f"{path}: format {fmt!r} is not one of {', '.join(SUFFIXES)}")
-    scene = make_scene(slide_shape(size), positive=positive, seed=seed, n_blobs=n_blobs)
+    scene = make_scene(slide_shape(size), positive=positive, kind=kind, seed=seed, n_blobs=n_blobs)
     path.parent.mkdir(parents=True, exist_ok=True)
     with progress_bar(total=scene.shape[0] // TILE, desc=path.name, unit="row", enabled=progress) as bar:
         if fmt == "tiff":
@@ -107,22 +112,25 @@ def _splits(count: int) -> list[str]:
     return [name for name, _ in SPLIT_FRACTIONS for _ in range(sizes[name])]
 
 
-def plan_cohort(n: int, formats: Sequence[str] = ("tiff", "zarr"), seed: int = 0) -> list[SlideSpec]:
-    """The deterministic plan of an n-slide cohort (see the module docstring)."""
-    if n < 2:
-        raise ValueError(f"a cohort needs at least 2 slides (one per label), got n={n}")
+def plan_cohort(n: int, formats: Sequence[str] = ("tiff", "zarr"), seed: int = 0, classes: int = 2) -> list[SlideSpec]:
+    """The deterministic plan of an n-slide cohort of `classes` classes (see the module docstring)."""
+    if classes not in COHORTS:
+        raise ValueError(f"a synthetic cohort has {' or '.join(map(str, COHORTS))} classes, not {classes}")
+    if n < classes:
+        raise ValueError(f"a cohort needs at least {classes} slides (one per label), got n={n}")
     formats = tuple(formats)
     bad = [f for f in formats if f not in SUFFIXES]
     if bad or not formats:
         raise ValueError(f"unknown slide format(s) {bad or formats!r}; choose from {', '.join(SUFFIXES)}")
-    positives = [i for i in range(n) if i % 2 == 0]
-    negatives = [i for i in range(n) if i % 2 == 1]
-    split = dict(zip(positives, _splits(len(positives)))) | dict(zip(negatives, _splits(len(negatives))))
+    split: dict[int, str] = {}
+    for c in range(classes):
+        members = range(c, n, classes)
+        split.update(zip(members, _splits(len(members))))
     return [
         SlideSpec(
             f"slide_{i:03d}",
-            i % 2 == 0,
-            formats[(i // 2) % len(formats)],
+            *COHORTS[classes][i % classes],
+            formats[(i // classes) % len(formats)],
             int(np.random.SeedSequence([seed, i]).generate_state(1)[0]),
             split[i],
         )
@@ -132,7 +140,7 @@ def plan_cohort(n: int, formats: Sequence[str] = ("tiff", "zarr"), seed: int = 0
 
 def _make_one(out: Path, spec: SlideSpec, size: int | tuple[int, int], n_blobs: int, mpp: float, zarr_version: str) -> None:
     scene = make_slide(
-        out / spec.relpath, size, positive=spec.positive, seed=spec.seed, fmt=spec.fmt, n_blobs=n_blobs, mpp=mpp, zarr_version=zarr_version
+        out / spec.relpath, size, kind=spec.kind, seed=spec.seed, fmt=spec.fmt, n_blobs=n_blobs, mpp=mpp, zarr_version=zarr_version
     )
     write_geojson(out / "annotations" / f"{spec.slide_id}.geojson", scene)
 
@@ -144,6 +152,7 @@ def make_cohort(
     formats: Sequence[str] = ("tiff", "zarr"),
     seed: int = 0,
     *,
+    classes: int = 2,
     n_blobs: int = 3,
     mpp: float = 0.25,
     zarr_version: str = "0.5",
@@ -152,12 +161,13 @@ def make_cohort(
 ) -> Path:
     """Write a balanced synthetic cohort into `out_dir`; returns the path of its `manifest.csv`.
 
-    `n_blobs` lesions (positive) or mimics (negative) per slide, `mpp` the level-0 micrometres
+    `classes` 2 (`positive`, `negative`) or 3 (`lesion_a`, `lesion_b`, `negative`; see `COHORTS`);
+    `n_blobs` lesions or mimics per slide, `mpp` the level-0 micrometres
     per pixel the files state. Slides are made in `workers` processes (default: one per CPU);
     the files do not depend on it.
     """
     out = Path(out_dir)
-    plan = plan_cohort(n, formats, seed)
+    plan = plan_cohort(n, formats, seed, classes)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     workers = min(workers or os.cpu_count() or 1, n)
     jobs = [(out, spec, size, n_blobs, mpp, zarr_version) for spec in plan]

@@ -6,11 +6,15 @@ so a 100k-px slide is planned in milliseconds and every tile can be rendered fro
 Tissue: low-frequency value noise, faded towards the slide border, thresholded at the
 quantile that leaves `TISSUE_FRACTION` of the slide covered: irregular pieces at any size.
 
-Blobs: discs 48-96 px across, deep inside tissue. A *lesion* (positive slides) is a crowd of
-large dark nuclei; a *mimic* (negative slides) has nuclei of normal size and spacing on a
-dense, mottled purple stroma. Each blob's background colour is solved from its own nuclear
-coverage so that its mean colour is `palette.BLOB_MEAN`, and the mimic's mottling matches the
-lesion's blotchiness: at downsample 16 both are the same dark dot.
+Blobs: discs 48-96 px across, deep inside tissue, all of one `kind` per slide (`BLOB_KINDS`).
+A *lesion* (positive slides; `lesion_a` is the same under its 3-class name) is a solid crowd
+of large dark nuclei; a *lesion_b* has the same nuclei arranged in small rings around pale
+lumens (acini); a *mimic* (negative slides) has nuclei of normal size and spacing on a dense,
+mottled purple stroma. Each blob's background colour is solved from its own nuclear coverage
+so that its mean colour is `palette.BLOB_MEAN`, and the mimic's mottling matches the lesions'
+blotchiness: at downsample 16 every kind is the same dark dot, and only the nuclei at the high
+level tell them apart (lesion_b from lesion_a by their arrangement: same nuclei and colour,
+about the same cover).
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ LESION_SIZE, LESION_ASPECT = (4.5, 7.0), (0.65, 1.0)
 #: downsample 16; a mimic gets the same blotchiness (+/- `MIMIC_MOTTLE` of the lesion's
 #: nucleus-to-mean contrast, in that colour direction), a lesion only a faint `LESION_MOTTLE`.
 MOTTLE_SPACING, MIMIC_MOTTLE, LESION_MOTTLE = 20.0, 0.65, 0.12
+#: Lesion type B: acini, rings of `ACINUS_NUCLEI` lesion nuclei laid tangentially at `ACINUS_RADIUS`
+#: around a lumen, on a jittered hexagonal grid of `ACINUS_SPACING`: as much nuclear cover as the solid
+#: crowd (about half the disc), with the same faint `LESION_MOTTLE`.
+ACINUS_SPACING, ACINUS_RADIUS, ACINUS_NUCLEI = 34.0, 13.0, 7
+#: The kinds of blob a slide holds: `lesion` and `lesion_a` are the same solid crowd (two names: the
+#: 2-class and 3-class cohorts' annotations), `lesion_b` acini, `mimic` normal nuclei.
+BLOB_KINDS = ("lesion", "lesion_a", "lesion_b", "mimic")
 _MOTTLE_STREAM = 26
 #: Tissue edges: raggedness and anti-aliasing, in pixels (scaled to field units per slide).
 EDGE_JITTER_PX, EDGE_SOFT_PX = 12.0, 1.5
@@ -88,7 +99,7 @@ class Scene:
 
     shape: tuple[int, int]
     seed: int
-    positive: bool
+    kind: str
     field: np.ndarray
     threshold: float
     jitter: float
@@ -96,6 +107,11 @@ class Scene:
     tissue_tiles: np.ndarray
     interior_tiles: np.ndarray
     blobs: tuple[Blob, ...]
+
+    @property
+    def positive(self) -> bool:
+        """Whether the slide holds lesions (of any type) rather than mimics."""
+        return self.kind != "mimic"
 
     def blobs_in(self, origin: tuple[int, int], shape: tuple[int, int]) -> list[Blob]:
         """Blobs whose box meets the canvas at `origin` of `shape`."""
@@ -154,6 +170,28 @@ def _lesion_nuclei(rng: np.random.Generator, center: tuple[float, float], radius
     return Nuclei(center[0] + dy, center[1] + dx, major, minor, angle)
 
 
+def _acinar_nuclei(rng: np.random.Generator, center: tuple[float, float], radius: float) -> Nuclei:
+    """Lesion nuclei in rings around lumens: each acinus a jittered ring, the acini on a jittered hexagonal grid."""
+    s, reach = ACINUS_SPACING, radius + ACINUS_SPACING
+    step = s * np.sqrt(3) / 2
+    rows = np.arange(-np.ceil(reach / step), np.ceil(reach / step) + 1) * step
+    cols = np.arange(-np.ceil(reach / s), np.ceil(reach / s) + 1) * s
+    ay = np.repeat(rows, len(cols))
+    ax = np.tile(cols, len(rows)) + (np.arange(len(rows)).repeat(len(cols)) % 2) * s / 2
+    ay, ax = ay + rng.uniform(-3, 3, len(ay)), ax + rng.uniform(-3, 3, len(ax))
+    k = ACINUS_NUCLEI
+    phase = rng.uniform(0, 2 * np.pi, len(ay))[:, None] + 2 * np.pi * np.arange(k)[None, :] / k
+    phase = (phase + rng.uniform(-0.15, 0.15, phase.shape)).ravel()
+    ring = ACINUS_RADIUS + rng.uniform(-1.5, 1.5, phase.shape)
+    n = len(phase)
+    major, minor, _ = morphology(rng.random(n), rng.random(n), rng.random(n), LESION_SIZE, LESION_ASPECT)
+    dy = np.repeat(ay, k) + ring * np.sin(phase)
+    dx = np.repeat(ax, k) + ring * np.cos(phase)
+    # The major axis along the ring (tangential): `stamp`'s angle 0 lays it along y, the tangent at `phase` is (cos, -sin).
+    angle = np.mod(-phase, np.pi)
+    return Nuclei(center[0] + dy, center[1] + dx, major, minor, angle)
+
+
 def _mimic_nuclei(rng: np.random.Generator, center: tuple[float, float], radius: float) -> Nuclei:
     """Normal nuclei at the normal density, uniformly placed."""
     n = rng.poisson(NORMAL_PER_CELL / CELL**2 * 4 * radius**2)
@@ -169,10 +207,10 @@ def mottle_field(seed: int, origin: tuple[int, int], shape: tuple[int, int]) -> 
 def _make_blob(rng: np.random.Generator, seed: int, kind: str, center: tuple[float, float], radius: float) -> Blob:
     """Nuclei that reach into the disc (drawn clipped to it, so density is even up to the rim);
     background solved so the disc's mean colour is BLOB_MEAN."""
-    nuclei = (_lesion_nuclei if kind == "lesion" else _mimic_nuclei)(rng, center, radius)
+    nuclei = _NUCLEI[kind](rng, center, radius)
     inside = np.hypot(nuclei.y - center[0], nuclei.x - center[1]) <= radius + nuclei.ry + 1.0
     nuclei = nuclei.select(inside)
-    colour = palette.LESION_NUCLEUS if kind == "lesion" else palette.NUCLEUS
+    colour = palette.NUCLEUS if kind == "mimic" else palette.LESION_NUCLEUS
     y0, x0, y1, x1 = disc_box(center, radius)
     disc = disc_mask(center, radius, (y0, x0), (y1 - y0, x1 - x0))
     alpha = np.zeros(disc.shape, dtype=np.float32)
@@ -212,8 +250,12 @@ def _place_blobs(
     raise ValueError(f"a {shape[0]}x{shape[1]} slide has no room for {n} blobs in its tissue; use a larger size")
 
 
-def make_scene(shape: tuple[int, int], *, positive: bool, seed: int, n_blobs: int = 3) -> Scene:
-    """Plan a slide of `shape` (multiples of 256): lesions if `positive`, else as many mimics."""
+def make_scene(shape: tuple[int, int], *, positive: bool | None = None, kind: str | None = None, seed: int, n_blobs: int = 3) -> Scene:
+    """Plan a slide of `shape` (multiples of 256) with `n_blobs` blobs of `kind` (one of `BLOB_KINDS`).
+
+    `positive` is the 2-class shorthand: lesions if true, else mimics.
+    """
+    kind = blob_kind(positive, kind)
     if shape[0] % TILE or shape[1] % TILE or min(shape) < TILE:
         raise ValueError(f"slide shape {shape} must be positive multiples of {TILE}")
     field = _tissue_field(shape, seed)
@@ -221,13 +263,13 @@ def make_scene(shape: tuple[int, int], *, positive: bool, seed: int, n_blobs: in
     edge = _edge_scale(field, threshold)
     jitter, soft = EDGE_JITTER_PX * edge, EDGE_SOFT_PX * edge
     rng = np.random.default_rng([seed, 1])
-    blobs = _place_blobs(rng, seed, field, shape, threshold + jitter, n_blobs, "lesion" if positive else "mimic")
+    blobs = _place_blobs(rng, seed, field, shape, threshold + jitter, n_blobs, kind)
     windows = _tile_windows(field, shape)
     reach = jitter + soft / 2  # how far the jittered, anti-aliased edge strays from the threshold
     return Scene(
         shape,
         seed,
-        positive,
+        kind,
         field,
         threshold,
         jitter,
@@ -236,3 +278,17 @@ def make_scene(shape: tuple[int, int], *, positive: bool, seed: int, n_blobs: in
         windows.min(axis=(2, 3)) > threshold + reach,
         blobs,
     )
+
+
+_NUCLEI = {"lesion": _lesion_nuclei, "lesion_a": _lesion_nuclei, "lesion_b": _acinar_nuclei, "mimic": _mimic_nuclei}
+
+
+def blob_kind(positive: bool | None, kind: str | None) -> str:
+    """The blob kind a caller asks for, by `kind` or by the 2-class `positive`; exactly one of them."""
+    if (positive is None) == (kind is None):
+        raise ValueError("give either positive= (lesions or mimics) or kind= (one of " + ", ".join(BLOB_KINDS) + ")")
+    if kind is None:
+        return "lesion" if positive else "mimic"
+    if kind not in BLOB_KINDS:
+        raise ValueError(f"blob kind {kind!r} is not one of {', '.join(BLOB_KINDS)}")
+    return kind
