@@ -17,8 +17,8 @@ the CPU ratio still shows the overhead of fetch over pure decoding.
 Optionally also the same fetch on a local ``dask.distributed`` cluster (``--distributed``), and the peak RSS
 of a fresh process that fetches the largest n once (its ``VmHWM``).
 Medians of ``--repeats`` runs; ``fetch_over_limit`` is the median of the per-repeat ratios
-(limit and fetch run back to back on the same positions, so a busy machine slows both
-alike). Writes ``benchmarks/results/fetch.json`` and ``.png`` (``--quick``: a small slide, two
+(limit and fetch run back to back on the same positions, in alternating order, so a busy
+machine slows both alike). Writes ``benchmarks/results/fetch.json`` and ``.png`` (``--quick``: a small slide, two
 repeats, ``benchmarks/results/tmp/fetch-quick.json``) and prints a markdown table.
 """
 
@@ -33,6 +33,7 @@ import sys
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -183,13 +184,16 @@ def _time_all(args: argparse.Namespace, path: Path, client) -> list[dict]:
             tops = tissue_corners(slide, n, patch, np.random.default_rng([args.seed, n, r]))
             cover = covering_tiles(slide, tops, patch)
             segments = limit.read(cover)
-            cpu = time.process_time()
-            times["limit"].append(limit.seconds(segments, threads))
-            times["limit_cpu"].append(time.process_time() - cpu)
-            cpu = time.process_time()
-            _, stats = fetch_patches_with_stats(slide, 0, tops, patch, num_workers=threads)
-            times["fetch_cpu"].append(time.process_time() - cpu)
+            steps = {"limit": partial(limit.seconds, segments, threads),
+                     "fetch": partial(fetch_patches_with_stats, slide, 0, tops, patch, num_workers=threads)}  # fmt: skip
+            done = {}
+            for name in sorted(steps, reverse=bool(r % 2)):  # alternate the order: no order bias
+                cpu = time.process_time()
+                done[name] = steps[name]()
+                times[f"{name}_cpu"].append(time.process_time() - cpu)
+            stats = done["fetch"][1]
             assert stats.tiles == len(cover), (stats.tiles, len(cover))
+            times["limit"].append(done["limit"])
             times["fetch"].append(stats.seconds)
             tiles.append(stats.tiles)
             if client is not None:
