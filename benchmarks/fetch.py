@@ -156,6 +156,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "summary": [
             summary_row(f"fetch / decode limit, worst n >= 64 ({args.patch}-px patches, {args.threads} threads)",
                         round(worst, 3), f"<= {TARGET_RATIO}", bool(checked) and worst <= TARGET_RATIO),
+            summary_row(f"the same in CPU time, all threads (load average {info['load_average'][0]} before the run)",
+                        round(max((row["fetch_over_limit_cpu"] for row in rows if row["n"] >= 64), default=float("nan")), 3)),
             summary_row(f"peak RSS fetching n = {max(args.n)} (MB)", rss["peak_mb"], f"<= {TARGET_RSS_MB}",
                         rss["peak_mb"] <= TARGET_RSS_MB),
             summary_row(f"naive OpenSlide / fetch at n = {rows[-1]['n']}", f"{rows[-1]['naive_over_fetch']}x"),
