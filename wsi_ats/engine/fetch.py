@@ -169,6 +169,31 @@ def fetch_patches_with_stats(
     return out, FetchStats(n, tiles, nbytes, len(graph) - 1, time.perf_counter() - start)
 
 
+def _validate(slide: Slide, top_left: Any, patch_size: int | Sequence[int]) -> tuple[np.ndarray, tuple[int, int]]:
+    tops = np.asarray(top_left)
+    if tops.size == 0:
+        tops = tops.reshape(0, 2)
+    if tops.ndim != 2 or tops.shape[1] != 2:
+        raise ValueError(f"{slide.name}: top_left must be an (n, 2) array of (y, x), got shape {tops.shape}")
+    if tops.size and not np.issubdtype(tops.dtype, np.integer):
+        raise ValueError(f"{slide.name}: top_left must hold integers (pixels), got {tops.dtype}")
+    size = (patch_size, patch_size) if np.ndim(patch_size) == 0 else tuple(patch_size)
+    if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
+        raise ValueError(f"{slide.name}: patch_size must be a positive int or (ph, pw), got {patch_size!r}")
+    return tops.astype(np.int64), (int(size[0]), int(size[1]))
+
+
+def _worker_count(client: Any, num_workers: int | None) -> int:
+    if client is not None:
+        return max(1, sum(client.nthreads().values()))
+    if num_workers is not None and num_workers < 1:
+        raise ValueError(f"num_workers must be at least 1, got {num_workers}")
+    import dask
+
+    # dask's own setting first: a cluster worker sets it to its share of the cores.
+    return num_workers or dask.config.get("num_workers", None) or os.cpu_count() or 1
+
+
 # -- threads: one queue of tiles -------------------------------------------------------------------
 def _fetch_threaded(slide: Slide, level: int, tops: np.ndarray, size: tuple[int, int], workers: int) -> tuple[np.ndarray, int, int, int]:
     """The patches, the tiles decoded, their bytes and the threads used (module docstring: "On threads")."""
@@ -217,6 +242,7 @@ def _fetch_threaded(slide: Slide, level: int, tops: np.ndarray, size: tuple[int,
     return out, sum(c[0] for c in counts), sum(c[1] for c in counts), threads
 
 
+# -- a distributed client: a graph of tile groups -----------------------------------------------------
 def plan_fetch(slide: Slide, level: int, top_left: Any, patch_size: int | Sequence[int], n_groups: int) -> FetchPlan:
     """Split the tiles that the patches touch into at most ``n_groups`` balanced, disjoint groups."""
     tops, size = _validate(slide, top_left, patch_size)
@@ -267,20 +293,6 @@ def plan_fetch(slide: Slide, level: int, top_left: Any, patch_size: int | Sequen
     return FetchPlan(level, tops, size, plan_groups, np.asarray(straddlers, np.intp))
 
 
-def _validate(slide: Slide, top_left: Any, patch_size: int | Sequence[int]) -> tuple[np.ndarray, tuple[int, int]]:
-    tops = np.asarray(top_left)
-    if tops.size == 0:
-        tops = tops.reshape(0, 2)
-    if tops.ndim != 2 or tops.shape[1] != 2:
-        raise ValueError(f"{slide.name}: top_left must be an (n, 2) array of (y, x), got shape {tops.shape}")
-    if tops.size and not np.issubdtype(tops.dtype, np.integer):
-        raise ValueError(f"{slide.name}: top_left must hold integers (pixels), got {tops.dtype}")
-    size = (patch_size, patch_size) if np.ndim(patch_size) == 0 else tuple(patch_size)
-    if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
-        raise ValueError(f"{slide.name}: patch_size must be a positive int or (ph, pw), got {patch_size!r}")
-    return tops.astype(np.int64), (int(size[0]), int(size[1]))
-
-
 def _components(covers: list[list[Tile]]) -> dict[Tile, Tile]:
     """Each tile's component representative, tiles joined when one patch covers both (union-find)."""
     parent: dict[Tile, Tile] = {}
@@ -299,18 +311,6 @@ def _components(covers: list[list[Tile]]) -> dict[Tile, Tile]:
     return {t: find(t) for t in parent}
 
 
-def _worker_count(client: Any, num_workers: int | None) -> int:
-    if client is not None:
-        return max(1, sum(client.nthreads().values()))
-    if num_workers is not None and num_workers < 1:
-        raise ValueError(f"num_workers must be at least 1, got {num_workers}")
-    import dask
-
-    # dask's own setting first: a cluster worker sets it to its share of the cores.
-    return num_workers or dask.config.get("num_workers", None) or os.cpu_count() or 1
-
-
-# -- a distributed client: a graph of tile groups -----------------------------------------------------
 def _graph(slide: Slide, plan: FetchPlan) -> tuple[dict, list, Any]:
     """A decode-and-assemble task per group, plus one task for the patches that straddle groups."""
     token = tokenize(slide._token(), plan.level, plan.top_left, plan.size, [g.patches for g in plan.groups])
