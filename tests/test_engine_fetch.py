@@ -88,12 +88,19 @@ class CountingSlide(Slide):
         self.inner, self.slow, self.broken = inner, slow or {}, broken or set()
         self.reads: Counter[tuple[int, int, int]] = Counter()
         self.threads: dict[tuple[int, int, int], int] = {}
+        self.log: list[tuple[str, object]] = []  # ("hint", tiles) and ("read", tile), in call order
         self._lock = threading.Lock()
+
+    def prefetch_tiles(self, level: int, tiles: list[tuple[int, int]]) -> None:
+        with self._lock:
+            self.log.append(("hint", sorted(tiles)))
+        self.inner.prefetch_tiles(level, tiles)
 
     def read_tile(self, level: int, ty: int, tx: int) -> np.ndarray:
         with self._lock:
             self.reads[level, ty, tx] += 1
             self.threads[level, ty, tx] = threading.get_ident()
+            self.log.append(("read", (ty, tx)))
         if (level, ty, tx) in self.broken:
             raise SlideError(f"{self.name}: level {level} tile ({ty}, {tx}): cannot decode")
         time.sleep(self.slow.get((ty, tx), 0))
@@ -131,6 +138,15 @@ def test_each_covering_tile_is_decoded_exactly_once(slide_paths, workers):
     assert set(counting.reads) == {(0, ty, tx) for ty, tx in wanted}
     assert max(counting.reads.values()) == 1
     assert stats.tiles == len(wanted)
+
+
+def test_all_covering_tiles_are_hinted_to_the_slide_at_once_before_any_read(slide_paths):
+    """What lets a slide behind a URL fetch every tile's bytes in one round of requests."""
+    counting = CountingSlide(open_slide(slide_paths["svs"]))
+    tops = mixed_corners(counting.levels[0].shape, 300, seed=6)
+    fetch_patches(counting, 0, tops, 300, num_workers=3)
+    hints = [entry for entry in counting.log if entry[0] == "hint"]
+    assert hints == [("hint", sorted(covering_set(counting, 0, tops, 300)))] and counting.log[0][0] == "hint"
 
 
 def test_overlapping_patches_on_more_threads_than_tiles_equal_read_region(slide_paths):
