@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from wsi_ats.engine.fetch import FetchStats, fetch_patches, fetch_patches_with_stats, plan_fetch
 from wsi_ats.engine.prefetch import Prefetcher
 from wsi_ats.readers import open_slide
-from wsi_ats.readers.base import Slide
+from wsi_ats.readers.base import Slide, SlideError
 
 PATCH = 96
 #: (format key of `slide_paths` or "numpy", forced backend): an OpenSlide-readable TIFF through both
@@ -77,17 +78,32 @@ def covering_set(slide: Slide, level: int, tops: np.ndarray, size: int) -> set[t
 
 
 class CountingSlide(Slide):
-    """A real slide that counts the tiles read through it, tile by tile."""
+    """A real slide that counts the tiles read through it, and which thread read each.
 
-    def __init__(self, inner: Slide) -> None:
+    ``slow`` tiles take that many seconds more; ``broken`` ones raise a `SlideError` naming the tile.
+    """
+
+    def __init__(self, inner: Slide, slow: dict[tuple[int, int], float] | None = None, broken: set | None = None) -> None:
         super().__init__(inner.source, inner.levels, inner.mpp, inner.properties)
-        self.inner = inner
+        self.inner, self.slow, self.broken = inner, slow or {}, broken or set()
         self.reads: Counter[tuple[int, int, int]] = Counter()
+        self.threads: dict[tuple[int, int, int], int] = {}
+        self.log: list[tuple[str, object]] = []  # ("hint", tiles) and ("read", tile), in call order
         self._lock = threading.Lock()
+
+    def prefetch_tiles(self, level: int, tiles: list[tuple[int, int]]) -> None:
+        with self._lock:
+            self.log.append(("hint", sorted(tiles)))
+        self.inner.prefetch_tiles(level, tiles)
 
     def read_tile(self, level: int, ty: int, tx: int) -> np.ndarray:
         with self._lock:
             self.reads[level, ty, tx] += 1
+            self.threads[level, ty, tx] = threading.get_ident()
+            self.log.append(("read", (ty, tx)))
+        if (level, ty, tx) in self.broken:
+            raise SlideError(f"{self.name}: level {level} tile ({ty}, {tx}): cannot decode")
+        time.sleep(self.slow.get((ty, tx), 0))
         return self.inner.read_tile(level, ty, tx)
 
     def _read(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
@@ -113,14 +129,52 @@ def test_rectangular_patches_equal_read_region(slide):
     np.testing.assert_array_equal(fetch_patches(slide, 0, tops, (40, 130)), expected(slide, 0, tops, (40, 130)))
 
 
-def test_each_covering_tile_is_decoded_exactly_once(slide_paths):
+@pytest.mark.parametrize("workers", [1, 2, 5])
+def test_each_covering_tile_is_decoded_exactly_once(slide_paths, workers):
     counting = CountingSlide(open_slide(slide_paths["svs"]))
-    tops = mixed_corners(counting.levels[0].shape, 300, seed=4)
-    _, stats = fetch_patches_with_stats(counting, 0, tops, 300, num_workers=2, tasks_per_worker=4)
+    tops = np.concatenate([mixed_corners(counting.levels[0].shape, 300, seed=4), chained_grid()])
+    _, stats = fetch_patches_with_stats(counting, 0, tops, 300, num_workers=workers)
     wanted = covering_set(counting, 0, tops, 300)
     assert set(counting.reads) == {(0, ty, tx) for ty, tx in wanted}
     assert max(counting.reads.values()) == 1
     assert stats.tiles == len(wanted)
+
+
+def test_all_covering_tiles_are_hinted_to_the_slide_at_once_before_any_read(slide_paths):
+    """What lets a slide behind a URL fetch every tile's bytes in one round of requests."""
+    counting = CountingSlide(open_slide(slide_paths["svs"]))
+    tops = mixed_corners(counting.levels[0].shape, 300, seed=6)
+    fetch_patches(counting, 0, tops, 300, num_workers=3)
+    hints = [entry for entry in counting.log if entry[0] == "hint"]
+    assert hints == [("hint", sorted(covering_set(counting, 0, tops, 300)))] and counting.log[0][0] == "hint"
+
+
+def test_overlapping_patches_on_more_threads_than_tiles_equal_read_region(slide_paths):
+    slide = open_slide(slide_paths["svs"])  # 4 x 6 tiles, every one shared by several patches
+    tops = chained_grid()
+    np.testing.assert_array_equal(fetch_patches(slide, 0, tops, 150, num_workers=32), expected(slide, 0, tops, 150))
+
+
+def test_a_slow_tile_does_not_hold_back_the_rest_other_threads_take_them(slide_paths):
+    """Work-stealing over single tiles: no thread owns a fixed share that waits behind a slow read."""
+    counting = CountingSlide(open_slide(slide_paths["svs"]), slow={(0, 0): 1.0})
+    tops = chained_grid()
+    patches = fetch_patches(counting, 0, tops, 150, num_workers=2)
+    slow_thread = counting.threads[0, 0, 0]
+    by_thread = Counter(counting.threads.values())
+    assert by_thread[slow_thread] == 1 and sum(by_thread.values()) == len(covering_set(counting, 0, tops, 150)) > 20
+    np.testing.assert_array_equal(patches, expected(counting.inner, 0, tops, 150))
+
+
+def test_a_failing_tile_read_fails_the_fetch_with_its_error(slide_paths):
+    counting = CountingSlide(open_slide(slide_paths["svs"]), broken={(0, 1, 2)})
+    with pytest.raises(SlideError, match=r"tile \(1, 2\)"):
+        fetch_patches(counting, 0, chained_grid(), 150, num_workers=3)
+
+
+def test_tasks_per_worker_without_a_client_is_refused(slide_paths):
+    with pytest.raises(ValueError, match="client"):
+        fetch_patches(open_slide(slide_paths["svs"]), 0, [[0, 0]], 8, tasks_per_worker=2)
 
 
 def test_stats_count_patches_and_uncompressed_tile_bytes(slide_paths, known_image):
@@ -134,15 +188,15 @@ def test_stats_count_patches_and_uncompressed_tile_bytes(slide_paths, known_imag
     assert stats.seconds > 0
 
 
-def test_patches_sharing_tiles_across_groups_are_assembled_from_exported_tiles(slide_paths):
+def test_group_plan_owns_each_covering_tile_once_and_sets_straddlers_apart(slide_paths):
     slide = open_slide(slide_paths["svs"])  # 4 x 6 tiles: enough for several groups
     tops = chained_grid()
     plan = plan_fetch(slide, 0, tops, 150, n_groups=4)
     assert len(plan.groups) > 1 and len(plan.straddlers) > 0  # one connected component cut into groups
     owned = [t for g in plan.groups for t in g.tiles]
     assert len(owned) == len(set(owned)) == len(covering_set(slide, 0, tops, 150))
-    patches = fetch_patches(slide, 0, tops, 150, num_workers=2, tasks_per_worker=2)
-    np.testing.assert_array_equal(patches, expected(slide, 0, tops, 150))
+    local = np.concatenate([g.patches for g in plan.groups])
+    assert sorted([*local, *plan.straddlers]) == list(range(len(tops)))
 
 
 def test_no_patches_give_an_empty_batch(slide):

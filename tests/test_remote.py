@@ -156,7 +156,8 @@ def test_a_local_cluster_worker_opens_the_url_itself(s3, local):
     assert [stats.bytes > 0 for stats in worker_stats.values()] == [True]  # the worker fetched the bytes
 
 
-def test_fetching_patches_from_a_url_gives_the_local_pixels_requesting_each_covering_tile_once(s3, local):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_fetching_patches_from_a_url_gives_the_local_pixels_requesting_each_covering_tile_once(s3, local, workers):
     from wsi_ats.engine.fetch import fetch_patches_with_stats
 
     endpoint, urls = s3
@@ -164,7 +165,7 @@ def test_fetching_patches_from_a_url_gives_the_local_pixels_requesting_each_cove
     slide = open_slide(url, storage_options=storage_options(endpoint))
     corners = np.array([[100, 100], [700, 1300], [1500, 40], [1800, 1800]])
     before = read_stats(url)
-    patches, stats = fetch_patches_with_stats(slide, 0, corners, 224, num_workers=1)
+    patches, stats = fetch_patches_with_stats(slide, 0, corners, 224, num_workers=workers)
     read = read_stats(url) - before
     expected, _ = fetch_patches_with_stats(open_slide(local / "slide.tiff"), 0, corners, 224, num_workers=1)
     np.testing.assert_array_equal(patches, expected)

@@ -1,43 +1,53 @@
 """Fetch many small patches from one slide level, decoding each covering tile once.
 
-Why a hand-built graph: slicing ``slide.to_dask(level)`` once per patch and
-stacking the slices costs gigabytes of graph and copies for a few hundred
-unaligned patches. Here the plan is made first, in plain Python — which format
-tiles each patch touches — and the dask graph holds only a handful of tasks:
+Why not slice ``slide.to_dask(level)`` once per patch: stacking the slices costs
+gigabytes of graph and copies for a few hundred unaligned patches. Here the plan is
+made first, in plain Python — which format tiles each patch touches — and every such
+tile is decoded exactly once per call, whatever the overlap, then pasted into each
+patch that needs it and dropped.
+
+On threads (the default, and `wsi_ats.engine.run.predict_slide` without a client) there is
+no graph at all: the covering tiles, in row-major order, are one shared queue; each
+thread takes the next tile, decodes it (``slide.read_tile``: imagecodecs releases the
+GIL) and pastes it straight into the output rows of the patches it covers. A tile's
+part of a patch is disjoint from every other tile's part, so threads never wait on
+each other but for the queue, a thread is never left with a backlog while another
+idles (work-stealing over single tiles: no straddler group), and memory holds one
+tile per thread. The caller first hints all the tiles to the slide
+(``slide.prefetch_tiles``): a slide behind a URL fetches their byte ranges in one round
+of concurrent requests, so the fetch waits for the network once.
+
+On a ``dask.distributed`` client decoded tiles must not cross processes, so the work
+is a small hand-built graph of tile *groups* (`plan_fetch`):
 
 * The covering tiles are split into groups that own disjoint tiles. One task per
-  group decodes its tiles (``slide.read_tile``) and, in the same task, assembles
-  every patch whose tiles all lie in the group. With a distributed client a
-  decoded tile therefore never leaves the worker that decoded it.
+  group prefetches and decodes its tiles and, in the same task, assembles every
+  patch whose tiles all lie in the group: a decoded tile never leaves the worker
+  that decoded it.
 * Groups keep whole the connected components of patches that share tiles and are
   cut, in row-major order, to equal tile counts (a component larger than a group
   is cut too). The few patches that then straddle two groups are assembled in one
-  extra task from the tiles their groups export. Every tile is decoded exactly
-  once per call, whatever the overlap.
-* A group first hints its tiles to the slide (``slide.prefetch_tiles``): a slide behind
-  a URL then fetches all their byte ranges in one round of concurrent requests, so
-  a group waits for the network once, not once per tile.
-* There are ``tasks_per_worker`` groups per worker thread (fewer for small calls:
-  at least `MIN_TILES_PER_TASK` tiles each), so task overhead stays far below
-  decode time while the workers stay balanced.
+  extra task from the tiles their groups export.
+* There are ``tasks_per_worker`` groups per worker (fewer for small calls: at least
+  `MIN_TILES_PER_TASK` tiles each). Tasks receive the slide itself, which pickles as
+  its path and reopens on a worker through the readers' per-process handle cache
+  (in-memory slides pickle their array).
 
-Why this graph and these constants rather than the textbook one (a task per tile and per
-patch), the measurements that chose them: ``benchmarks/results/NOTES.md``; current
-figures: ``benchmarks/results/fetch.json``, made by ``benchmarks/fetch.py``.
-
-Tasks receive the slide itself, which pickles as its path and reopens on a worker
-through the readers' per-process handle cache (in-memory slides pickle their
-array), so the same graph runs on the threaded scheduler or a
-``dask.distributed.Client``.
+Why these two schedulers and these constants, the measurements that chose them:
+``benchmarks/results/NOTES.md``; current figures: ``benchmarks/results/fetch.json``, made
+by ``benchmarks/fetch.py``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import getitem
 from typing import Any
@@ -47,9 +57,7 @@ from dask.base import tokenize
 
 from wsi_ats.readers.base import Slide, blit
 
-#: Decode-and-assemble tasks per worker thread, on threads (slack for uneven or preempted
-#: workers) and on a distributed client (every task costs scheduler time and a transfer).
-TASKS_PER_THREAD = 4
+#: Decode-and-assemble tasks per worker on a distributed client (every task costs scheduler time and a transfer).
 TASKS_PER_DISTRIBUTED_WORKER = 1
 #: Below this many tiles a task costs more to schedule than to run.
 MIN_TILES_PER_TASK = 8
@@ -59,7 +67,10 @@ Tile = tuple[int, int]
 
 @dataclass(frozen=True)
 class FetchStats:
-    """What one fetch cost: ``tiles`` decoded (each at most once), their uncompressed bytes, wall time."""
+    """What one fetch cost: ``tiles`` decoded (each at most once), their uncompressed bytes, wall time.
+
+    ``tasks``: the graph's tasks on a client, the threads that decoded on threads.
+    """
 
     patches: int
     tiles: int
@@ -109,9 +120,9 @@ def fetch_patches(
 ) -> np.ndarray:
     """``(n, ph, pw, 3) uint8`` patches at ``top_left`` (``(n, 2)`` ints, ``(y, x)`` in ``level`` pixels).
 
-    Parts outside the slide are zero. Runs on the threaded scheduler with
-    ``num_workers`` threads (default: dask's ``num_workers`` setting, else all cores), or on ``client`` when given;
-    ``tasks_per_worker`` defaults to `TASKS_PER_THREAD` or `TASKS_PER_DISTRIBUTED_WORKER`.
+    Parts outside the slide are zero. Runs on ``num_workers`` threads (default: dask's
+    ``num_workers`` setting, else all cores), or on ``client`` when given, with
+    ``tasks_per_worker`` groups per worker (default `TASKS_PER_DISTRIBUTED_WORKER`).
     """
     patches, _ = fetch_patches_with_stats(
         slide, level, top_left, patch_size, client=client, num_workers=num_workers, tasks_per_worker=tasks_per_worker
@@ -132,35 +143,106 @@ def fetch_patches_with_stats(
     """`fetch_patches` plus the `FetchStats` of the call, counted where the tiles were decoded."""
     start = time.perf_counter()
     workers = _worker_count(client, num_workers)
+    if client is None:
+        if tasks_per_worker is not None:
+            raise ValueError("tasks_per_worker applies on a client only: threads take the tiles one at a time")
+        tops, size = _validate(slide, top_left, patch_size)
+        out, tiles, nbytes, threads = _fetch_threaded(slide, level, tops, size, workers)
+        return out, FetchStats(len(tops), tiles, nbytes, threads, time.perf_counter() - start)
     if tasks_per_worker is None:
-        tasks_per_worker = TASKS_PER_THREAD if client is None else TASKS_PER_DISTRIBUTED_WORKER
+        tasks_per_worker = TASKS_PER_DISTRIBUTED_WORKER
     if tasks_per_worker < 1:
         raise ValueError(f"tasks_per_worker must be at least 1, got {tasks_per_worker}")
     plan = plan_fetch(slide, level, top_left, patch_size, n_groups=workers * tasks_per_worker)
     n, (ph, pw) = len(plan.top_left), plan.size
     out = np.empty((n, ph, pw, 3), np.uint8)
-    shared = out if client is None else None  # threads paste straight into `out`; workers return patches
-    graph, group_keys, straddle_key = _graph(slide, plan, shared)
+    graph, group_keys, straddle_key = _graph(slide, plan)
     keys = [*group_keys, *([straddle_key] if straddle_key else [])]
-    if client is not None:
-        results = client.get(graph, keys, sync=True)
-    else:
-        import dask.threaded
-
-        results = dask.threaded.get(graph, keys, num_workers=workers)
-
+    results = client.get(graph, keys, sync=True)
     tiles = nbytes = 0
     for group, (patches, _, n_tiles, n_bytes) in zip(plan.groups, results):
-        if shared is None:
-            out[group.patches] = patches
+        out[group.patches] = patches
         tiles, nbytes = tiles + n_tiles, nbytes + n_bytes
-    if straddle_key and shared is None:
+    if straddle_key:
         out[plan.straddlers] = results[-1]
     out[plan.outside] = 0
-    stats = FetchStats(n, tiles, nbytes, len(graph) - 1, time.perf_counter() - start)
-    return out, stats
+    return out, FetchStats(n, tiles, nbytes, len(graph) - 1, time.perf_counter() - start)
 
 
+def _validate(slide: Slide, top_left: Any, patch_size: int | Sequence[int]) -> tuple[np.ndarray, tuple[int, int]]:
+    tops = np.asarray(top_left)
+    if tops.size == 0:
+        tops = tops.reshape(0, 2)
+    if tops.ndim != 2 or tops.shape[1] != 2:
+        raise ValueError(f"{slide.name}: top_left must be an (n, 2) array of (y, x), got shape {tops.shape}")
+    if tops.size and not np.issubdtype(tops.dtype, np.integer):
+        raise ValueError(f"{slide.name}: top_left must hold integers (pixels), got {tops.dtype}")
+    size = (patch_size, patch_size) if np.ndim(patch_size) == 0 else tuple(patch_size)
+    if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
+        raise ValueError(f"{slide.name}: patch_size must be a positive int or (ph, pw), got {patch_size!r}")
+    return tops.astype(np.int64), (int(size[0]), int(size[1]))
+
+
+def _worker_count(client: Any, num_workers: int | None) -> int:
+    if client is not None:
+        return max(1, sum(client.nthreads().values()))
+    if num_workers is not None and num_workers < 1:
+        raise ValueError(f"num_workers must be at least 1, got {num_workers}")
+    import dask
+
+    # dask's own setting first: a cluster worker sets it to its share of the cores.
+    return num_workers or dask.config.get("num_workers", None) or os.cpu_count() or 1
+
+
+# -- threads: one queue of tiles -------------------------------------------------------------------
+def _fetch_threaded(slide: Slide, level: int, tops: np.ndarray, size: tuple[int, int], workers: int) -> tuple[np.ndarray, int, int, int]:
+    """The patches, the tiles decoded, their bytes and the threads used (module docstring: "On threads")."""
+    (th, tw), (H, W), (ph, pw) = slide.tile_shape(level), slide.levels[level].shape, size  # validates the level
+    corners = [(y, x) for y, x in tops.tolist()]
+    users: dict[Tile, list[int]] = {}
+    for row, corner in enumerate(corners):
+        for tile in slide.tiles_covering(level, corner, size):
+            users.setdefault(tile, []).append(row)
+    out = np.empty((len(tops), ph, pw, 3), np.uint8)
+    ys, xs = tops[:, 0], tops[:, 1]
+    out[(ys < 0) | (xs < 0) | (ys + ph > H) | (xs + pw > W)] = 0  # tiles will not cover these whole
+    if not users:
+        return out, 0, 0, 0
+    tiles = sorted(users)  # row-major: a patch's tiles come close together
+    slide.prefetch_tiles(level, tiles)  # over a URL: one round of range requests
+    todo: queue.SimpleQueue[Tile] = queue.SimpleQueue()
+    for tile in tiles:
+        todo.put(tile)
+    failed = threading.Event()
+
+    def work() -> tuple[int, int]:
+        decoded = nbytes = 0
+        try:
+            while not failed.is_set():
+                try:
+                    ty, tx = todo.get_nowait()
+                except queue.Empty:
+                    break
+                pixels = slide.read_tile(level, ty, tx)
+                decoded, nbytes = decoded + 1, nbytes + pixels.nbytes
+                for row in users[ty, tx]:
+                    blit(out[row], corners[row], pixels, (ty * th, tx * tw))
+        except BaseException:
+            failed.set()  # the other threads stop at their next tile
+            raise
+        return decoded, nbytes
+
+    threads = min(workers, len(tiles))
+    if threads == 1:
+        counts = [work()]
+    else:
+        with ThreadPoolExecutor(threads - 1, thread_name_prefix="wsi-ats-fetch") as pool:
+            helpers = [pool.submit(work) for _ in range(threads - 1)]
+            counts = [work(), *(h.result() for h in helpers)]  # the caller decodes too
+    return out, sum(c[0] for c in counts), sum(c[1] for c in counts), threads
+
+
+# -- a distributed client: a graph of tile groups -----------------------------------------------------
 def plan_fetch(slide: Slide, level: int, top_left: Any, patch_size: int | Sequence[int], n_groups: int) -> FetchPlan:
     """Split the tiles that the patches touch into at most ``n_groups`` balanced, disjoint groups."""
     tops, size = _validate(slide, top_left, patch_size)
@@ -211,20 +293,6 @@ def plan_fetch(slide: Slide, level: int, top_left: Any, patch_size: int | Sequen
     return FetchPlan(level, tops, size, plan_groups, np.asarray(straddlers, np.intp))
 
 
-def _validate(slide: Slide, top_left: Any, patch_size: int | Sequence[int]) -> tuple[np.ndarray, tuple[int, int]]:
-    tops = np.asarray(top_left)
-    if tops.size == 0:
-        tops = tops.reshape(0, 2)
-    if tops.ndim != 2 or tops.shape[1] != 2:
-        raise ValueError(f"{slide.name}: top_left must be an (n, 2) array of (y, x), got shape {tops.shape}")
-    if tops.size and not np.issubdtype(tops.dtype, np.integer):
-        raise ValueError(f"{slide.name}: top_left must hold integers (pixels), got {tops.dtype}")
-    size = (patch_size, patch_size) if np.ndim(patch_size) == 0 else tuple(patch_size)
-    if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
-        raise ValueError(f"{slide.name}: patch_size must be a positive int or (ph, pw), got {patch_size!r}")
-    return tops.astype(np.int64), (int(size[0]), int(size[1]))
-
-
 def _components(covers: list[list[Tile]]) -> dict[Tile, Tile]:
     """Each tile's component representative, tiles joined when one patch covers both (union-find)."""
     parent: dict[Tile, Tile] = {}
@@ -243,23 +311,8 @@ def _components(covers: list[list[Tile]]) -> dict[Tile, Tile]:
     return {t: find(t) for t in parent}
 
 
-def _worker_count(client: Any, num_workers: int | None) -> int:
-    if client is not None:
-        return max(1, sum(client.nthreads().values()))
-    if num_workers is not None and num_workers < 1:
-        raise ValueError(f"num_workers must be at least 1, got {num_workers}")
-    import dask
-
-    # dask's own setting first: a cluster worker sets it to its share of the cores.
-    return num_workers or dask.config.get("num_workers", None) or os.cpu_count() or 1
-
-
-def _graph(slide: Slide, plan: FetchPlan, out: np.ndarray | None) -> tuple[dict, list, Any]:
-    """A decode-and-assemble task per group, plus one task for the patches that straddle groups.
-
-    With ``out`` (threaded scheduler: shared memory) tasks paste into its rows;
-    without it (distributed) each task returns its patches.
-    """
+def _graph(slide: Slide, plan: FetchPlan) -> tuple[dict, list, Any]:
+    """A decode-and-assemble task per group, plus one task for the patches that straddle groups."""
     token = tokenize(slide._token(), plan.level, plan.top_left, plan.size, [g.patches for g in plan.groups])
     slide_key = f"fetch-slide-{token}"
     graph: dict[Any, Any] = {slide_key: slide}
@@ -267,8 +320,8 @@ def _graph(slide: Slide, plan: FetchPlan, out: np.ndarray | None) -> tuple[dict,
     export_keys = []
     for g, group in enumerate(plan.groups):
         key = (f"fetch-group-{token}", g)
-        target = _Target(plan.top_left[group.patches], plan.size, out, group.patches)
-        graph[key] = (_decode_group, slide_key, plan.level, target, np.asarray(group.exports, np.int64).reshape(-1, 2))
+        exports = np.asarray(group.exports, np.int64).reshape(-1, 2)
+        graph[key] = (_decode_group, slide_key, plan.level, plan.top_left[group.patches], plan.size, exports)
         group_keys.append(key)
         if group.exports:
             graph[(f"fetch-exports-{token}", g)] = (getitem, key, 1)
@@ -276,19 +329,8 @@ def _graph(slide: Slide, plan: FetchPlan, out: np.ndarray | None) -> tuple[dict,
     if not len(plan.straddlers):
         return graph, group_keys, None
     straddle_key = f"fetch-straddlers-{token}"
-    target = _Target(plan.top_left[plan.straddlers], plan.size, out, plan.straddlers)
-    graph[straddle_key] = (_assemble_straddlers, slide_key, plan.level, target, export_keys)
+    graph[straddle_key] = (_assemble_straddlers, slide_key, plan.level, plan.top_left[plan.straddlers], plan.size, export_keys)
     return graph, group_keys, straddle_key
-
-
-@dataclass(frozen=True)
-class _Target:
-    """Where a task's patches go: corners and size, and the rows of a shared ``out`` (None: a new array)."""
-
-    tops: np.ndarray
-    size: tuple[int, int]
-    out: np.ndarray | None
-    rows: np.ndarray
 
 
 class _LiveTiles:
@@ -297,7 +339,7 @@ class _LiveTiles:
     Holding only the tiles that patches still need keeps a task's memory to a
     few tile rows, and lets the allocator hand freed (already mapped) tile
     buffers to the next decode instead of faulting in fresh pages (about a
-    fifth less CPU than decoding the whole group first; module docstring).
+    fifth less CPU than decoding the whole group first; NOTES.md).
     """
 
     def __init__(self, slide: Slide, level: int, uses: Counter[Tile], exports: set[Tile]) -> None:
@@ -331,39 +373,39 @@ class _LiveTiles:
 
 
 def _decode_group(
-    slide: Slide, level: int, target: _Target, exports: np.ndarray
-) -> tuple[np.ndarray | None, dict[Tile, np.ndarray], int, int]:
+    slide: Slide, level: int, tops: np.ndarray, size: tuple[int, int], exports: np.ndarray
+) -> tuple[np.ndarray, dict[Tile, np.ndarray], int, int]:
     """Decode a group's tiles once while assembling its patches; return them, the exports, the counts."""
-    covers = _covers(slide, level, target)
+    covers = _covers(slide, level, tops, size)
     uses = Counter(t for cover in covers for t in cover)
     exported = {(int(y), int(x)) for y, x in exports}
     slide.prefetch_tiles(level, [*uses, *(exported - uses.keys())])  # over a URL: one round of range requests
     tiles = _LiveTiles(slide, level, uses, exported)
-    patches = _assemble(slide, level, target, covers, tiles.use)
+    patches = _assemble(slide, level, tops, size, covers, tiles.use)
     return patches, tiles.export_rest(), tiles.decoded, tiles.nbytes
 
 
-def _assemble_straddlers(slide: Slide, level: int, target: _Target, exports: list[dict[Tile, np.ndarray]]) -> np.ndarray | None:
+def _assemble_straddlers(
+    slide: Slide, level: int, tops: np.ndarray, size: tuple[int, int], exports: list[dict[Tile, np.ndarray]]
+) -> np.ndarray:
     tiles = {t: a for part in exports for t, a in part.items()}
-    return _assemble(slide, level, target, _covers(slide, level, target), tiles.__getitem__)
+    return _assemble(slide, level, tops, size, _covers(slide, level, tops, size), tiles.__getitem__)
 
 
-def _covers(slide: Slide, level: int, target: _Target) -> list[list[Tile]]:
-    return [list(slide.tiles_covering(level, (int(y), int(x)), target.size)) for y, x in target.tops]
+def _covers(slide: Slide, level: int, tops: np.ndarray, size: tuple[int, int]) -> list[list[Tile]]:
+    return [list(slide.tiles_covering(level, (int(y), int(x)), size)) for y, x in tops]
 
 
-def _assemble(slide: Slide, level: int, target: _Target, covers: list[list[Tile]], tile: Callable[[Tile], np.ndarray]) -> np.ndarray | None:
-    """Paste each patch's covering tiles (from ``tile``) into it; zero what lies outside the level.
-
-    Returns the new patches, or None when they went into the shared ``out``.
-    """
-    (th, tw), (H, W), (ph, pw) = slide.tile_shape(level), slide.levels[level].shape, target.size
-    out = np.empty((len(target.tops), ph, pw, 3), np.uint8) if target.out is None else target.out
-    rows = range(len(target.tops)) if target.out is None else target.rows
-    for row, (y, x), cover in zip(rows, target.tops, covers):
-        patch, origin = out[row], (int(y), int(x))
+def _assemble(
+    slide: Slide, level: int, tops: np.ndarray, size: tuple[int, int], covers: list[list[Tile]], tile: Callable[[Tile], np.ndarray]
+) -> np.ndarray:
+    """New patches, each pasted from its covering tiles (from ``tile``); zero what lies outside the level."""
+    (th, tw), (H, W), (ph, pw) = slide.tile_shape(level), slide.levels[level].shape, size
+    out = np.empty((len(tops), ph, pw, 3), np.uint8)
+    for patch, (y, x), cover in zip(out, tops, covers):
+        origin = (int(y), int(x))
         if y < 0 or x < 0 or y + ph > H or x + pw > W:
             patch[...] = 0  # only partly inside: tiles will not cover it all
         for ty, tx in cover:
             blit(patch, origin, tile((ty, tx)), (ty * th, tx * tw))
-    return out if target.out is None else None
+    return out
