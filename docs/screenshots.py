@@ -7,7 +7,7 @@ the synthetic recipe on the demo cohort, trained once into ``benchmarks/results/
 two positive and two negative held-out slides of the demo cohort, two slides of
 ``benchmarks/draws.py``'s mixed set (a held-out negative with 6 or 8 of its 12 mimics
 replaced by lesions, labelled positive: the first sits on the model's boundary, the second
-takes `auto` two batches), a truncated TIFF and a text file named ``.svs`` (each a failed
+is settled by the first batch), a truncated TIFF and a text file named ``.svs`` (each a failed
 row). Then renders ``OUT/report.html`` with Chromium and writes
 ``docs/images/report.png`` (the top of the page) and ``docs/images/attention.png`` (the
 first positive slide's ``attention.png``, 900 px wide), each reduced to a 256-colour palette
