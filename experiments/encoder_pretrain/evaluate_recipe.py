@@ -1,7 +1,8 @@
 """Held-out accuracy of a frozen-encoder recipe, ATS against dense ABMIL with the same encoder, on the demo cohort.
 
     python -m experiments.encoder_pretrain.evaluate_recipe [--recipe synthetic_resnet50_frozen] [--out /tmp/recipe-eval]
-                                                         [--seed 0] [--without-cache] [--fresh 32]
+                                                         [--seed 0] [--without-cache]
+                                                         [--fresh 32 [--fresh-size 4096] [--fresh-blobs 12]]
 
 The cohort is `wsi_ats.demo.DEMO_COHORT` (16 slides of 4096^2, seed 0: 8 train, 4 val, 4 test),
 written into ``OUT/cohort`` unless already there; the encoder's weights come from
@@ -15,6 +16,8 @@ Then, as a user would run them:
 - ``--without-cache``: ATS trained again with the embedding cache off, for what the cache buys.
 - ``--fresh N``: both trained models also judged on N slides of a fresh cohort (seed 1, the
   demo's otherwise), all held out: 8 held-out slides resolve only 12.5 points of accuracy.
+  ``--fresh-size``/``--fresh-blobs`` make it harder (`wsi-ats synth`'s default: 8192^2, 3
+  lesions or mimics per slide); each such cohort is recorded under its own name.
 
 A run already in ``OUT`` (its ``metrics.json``, the dense bags) is reused, so options can be
 added in a second call. Writes the recipe's entry of ``experiments/encoder_pretrain/results.json`` (other entries kept).
@@ -77,16 +80,15 @@ def train_ats(manifest: Path, recipe: str, out: Path, seed: int) -> dict[str, An
     }
 
 
-def judge_fresh(out: Path, recipe: str, n: int, seed: int) -> dict[str, Any]:
-    """The trained ATS model (``out/ats/model.pt``) and dense head (``out/dense/abmil.pt``) on ``n`` fresh slides."""
-    cohort = {**DEMO_COHORT, "n": n, "seed": FRESH_SEED}
-    manifest = out / "fresh" / "manifest.csv"
+def judge_fresh(out: Path, recipe: str, cohort: dict[str, Any], name: str, seed: int) -> dict[str, Any]:
+    """The trained ATS model (``out/ats/model.pt``) and dense head (``out/dense/abmil.pt``) on a fresh ``cohort``."""
+    manifest = out / name / "manifest.csv"
     if not manifest.is_file():
-        make_cohort(out / "fresh", **cohort, progress=False)
+        make_cohort(out / name, **cohort, progress=False)
     rows = read_manifest(manifest)
     model = load_checkpoint(out / "ats" / "model.pt").eval()
     ats = evaluate(model, rows, seed=seed, truth=truth_boxes(manifest.parent / "annotations", [r.slide_id for r in rows]))
-    if dense_command(manifest=manifest, config=recipe, out=out / "dense-fresh", seed=seed, train=False) != 0:
+    if dense_command(manifest=manifest, config=recipe, out=out / f"dense-{name}", seed=seed, train=False) != 0:
         raise SystemExit(f"wsi-ats dense-features failed on {manifest}")
     saved = torch.load(out / "dense" / "abmil.pt", weights_only=True)
     head = GatedABMIL(saved["in_features"], len(saved["class_names"]))
@@ -94,7 +96,7 @@ def judge_fresh(out: Path, recipe: str, n: int, seed: int) -> dict[str, Any]:
     correct = []
     with torch.no_grad():
         for r in rows:
-            bag = read_bag(out / "dense-fresh" / "features" / f"{r.slide_id}.h5")
+            bag = read_bag(out / f"dense-{name}" / "features" / f"{r.slide_id}.h5")
             correct.append(saved["class_names"][int(head(torch.from_numpy(bag.features)).argmax())] == r.label)
     return {
         "cohort": {**cohort, "formats": list(cohort["formats"])},
@@ -110,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--without-cache", action="store_true", help="also train with the embedding cache off")
     p.add_argument("--fresh", type=int, default=0, help="also judge both on this many slides of a fresh cohort (seed 1)")
+    p.add_argument("--fresh-size", type=int, default=DEMO_COHORT["size"], help="level-0 edge of the fresh slides")
+    p.add_argument("--fresh-blobs", type=int, default=DEMO_COHORT["n_blobs"], help="lesions or mimics per fresh slide")
     args = p.parse_args(argv)
     recipe_file = recipes.resolve(args.recipe)
     features = load_config(recipe_file).model.features
@@ -157,9 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         ats_model.EMBEDDING_CACHE_ENTRIES = 0  # nothing kept: every draw goes through the encoder
         plain = train_ats(manifest, args.recipe, args.out / "ats-without-cache", args.seed)
         record["ats_without_embedding_cache"] = {k: plain[k] for k in ("train_seconds", "seconds_per_step", "held_out_accuracy")}
+    record["fresh_cohorts"] = results.get(recipe_file.stem, {}).get("fresh_cohorts", {})  # earlier calls' kept
     if args.fresh:
-        record["fresh_cohort"] = judge_fresh(args.out, args.recipe, args.fresh, args.seed)
-        print(json.dumps({"fresh_cohort": record["fresh_cohort"]}), flush=True)
+        cohort = {**DEMO_COHORT, "n": args.fresh, "seed": FRESH_SEED, "size": args.fresh_size, "n_blobs": args.fresh_blobs}
+        name = f"fresh-{args.fresh}x{args.fresh_size}-{args.fresh_blobs}blobs"
+        record["fresh_cohorts"][name] = judge_fresh(args.out, args.recipe, cohort, name, args.seed)
+        print(json.dumps({name: record["fresh_cohorts"][name]}), flush=True)
     results[recipe_file.stem] = record
     atomic_write_text(RESULTS, json.dumps(results, indent=1) + "\n")
     print(f"recorded: {RESULTS} [{recipe_file.stem!r}]")
