@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -93,15 +94,22 @@ def judge_fresh(out: Path, recipe: str, cohort: dict[str, Any], name: str, seed:
     saved = torch.load(out / "dense" / "abmil.pt", weights_only=True)
     head = GatedABMIL(saved["in_features"], len(saved["class_names"]))
     head.load_state_dict(saved["state_dict"])
-    correct = []
+    truths = []  # the head's probability of each slide's true class
     with torch.no_grad():
         for r in rows:
             bag = read_bag(out / f"dense-{name}" / "features" / f"{r.slide_id}.h5")
-            correct.append(saved["class_names"][int(head(torch.from_numpy(bag.features)).argmax())] == r.label)
+            probabilities = torch.softmax(head(torch.from_numpy(bag.features)), dim=1)[0]
+            truths.append((float(probabilities[saved["class_names"].index(r.label)]), float(probabilities.max())))
+    dense = {
+        "slides": len(truths),
+        "accuracy": round(sum(p == top for p, top in truths) / len(truths), 4),
+        "loss": round(-sum(math.log(max(p, 1e-12)) for p, _ in truths) / len(truths), 4),  # as `evaluate` reports ATS's
+        "probability_of_truth": [round(min(p for p, _ in truths), 4), round(max(p for p, _ in truths), 4)],
+    }
     return {
         "cohort": {**cohort, "formats": list(cohort["formats"])},
         "ats": {k: round(v, 4) if isinstance(v, float) else v for k, v in ats.items()},
-        "dense_abmil": {"accuracy": round(sum(correct) / len(correct), 4), "slides": len(correct)},
+        "dense_abmil": dense,
     }
 
 
