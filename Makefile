@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 # The "pretrained" encoder pipelines/synthetic_resnet50_frozen.toml loads (not committed: made
-# here, about 15 minutes on 2 CPU cores; tests never need it).
+# here: 24 minutes on 2 CPU cores shared with other work; tests never need it).
 ENCODER_WEIGHTS := experiments/encoder_pretrain/resnet50_synth.safetensors
 encoder-weights: $(ENCODER_WEIGHTS)
 $(ENCODER_WEIGHTS): | $(STAMP)
