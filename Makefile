@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo lint test bench clean
+.PHONY: demo lint test bench encoder-weights clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -33,6 +33,13 @@ test: lint
 # Benchmarks live beside the package, not in it (`wsi-ats bench` runs the same script).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# The "pretrained" encoder pipelines/synthetic_resnet50_frozen.toml loads (not committed: made
+# here: 24 minutes on 2 CPU cores shared with other work; tests never need it).
+ENCODER_WEIGHTS := experiments/encoder_pretrain/resnet50_synth.safetensors
+encoder-weights: $(ENCODER_WEIGHTS)
+$(ENCODER_WEIGHTS): | $(STAMP)
+	$(BIN)/python -m experiments.encoder_pretrain.pretrain --arch resnet50
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache build

@@ -171,7 +171,7 @@ def test_a_relative_weights_path_in_a_recipe_is_relative_to_the_recipe(tmp_path,
     assert load_config(recipe).model.features.kwargs["weights"] == str(tmp_path / "w" / "enc.safetensors")
 
 
-@pytest.mark.parametrize("name", ["synthetic_resnet18_frozen", "camelyon16_uni"])
+@pytest.mark.parametrize("name", ["synthetic_resnet50_frozen", "camelyon16_uni"])
 def test_the_shipped_encoder_recipes_name_a_frozen_timm_net_with_weights_beside_the_recipe(name):
     from wsi_ats import recipes
     from wsi_ats.models import load_config
@@ -194,3 +194,34 @@ def test_a_frozen_encoder_in_training_encodes_each_patch_content_once():
     assert model.embedding_stats == {"hits": 2, "misses": 4}
     model.eval().encode(patches)
     assert calls == [3, 1, 3]  # no cache outside training
+
+
+def copy_recipe(name: str, folder: Path) -> Path:
+    """The shipped recipe ``name`` copied into ``folder``: its relative weights path now points inside ``folder.parent``."""
+    from wsi_ats import recipes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / f"{name}.toml"
+    copy.write_text(recipes.path(name).read_text())
+    return copy
+
+
+def test_the_resnet50_recipe_loads_its_weights_from_beside_the_recipe(tmp_path):
+    from wsi_ats.models import load_config
+
+    recipe = copy_recipe("synthetic_resnet50_frozen", tmp_path / "pipelines")
+    weights = tmp_path / "experiments" / "encoder_pretrain" / "resnet50_synth.safetensors"
+    weights.parent.mkdir(parents=True)
+    reference = save_random("resnet50", weights, num_classes=3)
+    model = ATSModel.from_config(load_config(recipe).model, CLASSES)
+    assert model.feature_net.frozen and model.feature_net.out_features == 2048
+    assert torch.equal(model.feature_net.net.conv1.weight, reference.conv1.weight)
+
+
+def test_a_missing_recipe_weights_file_names_the_key_and_the_command_that_makes_it(tmp_path):
+    from wsi_ats.models import load_config
+
+    recipe = copy_recipe("synthetic_resnet50_frozen", tmp_path / "pipelines")
+    with pytest.raises(ConfigError, match=r"^\[model.features\] weights = .*resnet50_synth.safetensors': file not found; "
+                                          r"to get it: python -m experiments.encoder_pretrain.pretrain --arch resnet50"):  # fmt: skip
+        ATSModel.from_config(load_config(recipe).model, CLASSES)

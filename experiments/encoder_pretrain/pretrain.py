@@ -1,11 +1,12 @@
 """Make "pretrained" encoder weights the way a lab makes its own: supervised pretraining on annotated patches.
 
-    python -m experiments.encoder_pretrain.pretrain [--arch resnet18] [--slides 8] [--epochs 3] [--seed 100]
+    python -m experiments.encoder_pretrain.pretrain [--arch resnet50] [--slides 8] [--epochs 5] [--seed 100]
 
 Nothing can be downloaded here, so ImageNet or UNI weights are stood in for by a timm net
 trained from scratch to tell three kinds of synthetic patch apart -- lesion, mimic, plain
 tissue -- cut with the annotations `wsi-ats synth` writes, at the resolution
-``pipelines/synthetic_resnet18_frozen.toml`` reads (64 px at downsample 4). The pretraining
+``pipelines/synthetic_resnet50_frozen.toml`` reads (64 px at downsample 4); any timm
+architecture (``--arch``) is trained the same way. The pretraining
 cohort has its own seed (default 100), so the slides the recipe is then trained and tested on
 (the demo cohort, seed 0) are never seen here. The weights are written with their
 classification head, as published checkpoints are (`TimmFeatures` drops it), to
@@ -95,11 +96,11 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--arch", default="resnet50", help="any timm architecture (default resnet50, the recipe's)")
     p.add_argument("--slides", type=int, default=8, help="slides of the pretraining cohort (the last two: held-out patches)")
     p.add_argument("--crops-per-blob", type=int, default=6)
     p.add_argument("--plain-per-slide", type=int, default=40)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=100)

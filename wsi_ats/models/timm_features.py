@@ -4,7 +4,8 @@ A recipe names it: ``[model.features] name = "timm"``, ``arch = "resnet50"``, ``
 (a local ``.safetensors``/``.bin``/``.pth``/``.pt``, or ``"hf-hub:org/name"`` which timm resolves
 when the machine can reach the hub), ``freeze = true``, ``mean``/``std`` (default: the model's
 pretrained config), ``input_size`` (patches are resized to it when they differ) and
-``normalize`` (L2 norm of the output) and ``timm_kwargs`` (what `timm.create_model` needs for the weights, e.g. UNI's ``init_values``).
+``normalize`` (L2 norm of the output) and ``timm_kwargs`` (what `timm.create_model` needs for the weights, e.g. UNI's ``init_values``),
+``weights_hint`` (how to get the weights file: the error says it when the file is missing).
 Nothing is downloaded unless ``weights`` is a hub name. timm is imported on first use, so the
 models package stays light for users of the small nets.
 """
@@ -59,11 +60,15 @@ def import_timm() -> Any:
 _KEEP: list[Any] = []  # the library object must outlive the import, or its schemas are dropped
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file: safetensors or a torch pickle (``weights_only``), unwrapped and without ``module.``."""
+def load_state_dict(path: str | Path, hint: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: safetensors or a torch pickle (``weights_only``), unwrapped and without ``module.``.
+
+    ``hint`` (the recipe's ``weights_hint``) says how to get a missing file, e.g. the command that makes it.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f'{KEY} weights = {str(path)!r}: file not found (a local weights file, or "hf-hub:org/name")')
+        how = f"; to get it: {hint}" if hint else ' (a local weights file, or "hf-hub:org/name")'
+        raise ConfigError(f"{KEY} weights = {str(path)!r}: file not found{how}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -106,6 +111,7 @@ class TimmFeatures(nn.Module):
         out: str = "pooled",
         normalize: bool = False,
         timm_kwargs: Mapping[str, Any] | None = None,
+        weights_hint: str | None = None,
     ) -> None:
         super().__init__()
         timm = import_timm()
@@ -126,7 +132,7 @@ class TimmFeatures(nn.Module):
         if weights is not None and not hub:
             own = self.net.state_dict()
             # a published checkpoint's classification head, which the headless net has not (ConvNeXt's head.norm it has)
-            state = {k: v for k, v in load_state_dict(weights).items() if k in own or not k.startswith(HEAD_PREFIXES)}
+            state = {k: v for k, v in load_state_dict(weights, weights_hint).items() if k in own or not k.startswith(HEAD_PREFIXES)}
             missing = [k for k in own if k not in state]
             unexpected = [k for k in state if k not in own]
             misshapen = [k for k in state if k in own and state[k].shape != own[k].shape]
