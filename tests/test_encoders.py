@@ -225,3 +225,16 @@ def test_a_missing_recipe_weights_file_names_the_key_and_the_command_that_makes_
     with pytest.raises(ConfigError, match=r"^\[model.features\] weights = .*resnet50_synth.safetensors': file not found; "
                                           r"to get it: python -m experiments.encoder_pretrain.pretrain --arch resnet50"):  # fmt: skip
         ATSModel.from_config(load_config(recipe).model, CLASSES)
+
+
+def test_train_with_a_missing_recipe_weights_file_exits_2_and_leaves_no_run_folder(tmp_path, capsys):
+    from toy_cohort import write_toy_cohort
+
+    from wsi_ats.cli import main
+    from wsi_ats.exit_codes import EXIT_USAGE
+
+    recipe = copy_recipe("synthetic_resnet50_frozen", tmp_path / "pipelines")
+    manifest = write_toy_cohort(tmp_path / "cohort", splits=True)
+    code = main(["train", "--manifest", str(manifest), "--config", str(recipe), "--out", str(tmp_path / "run")])
+    assert code == EXIT_USAGE and "resnet50_synth.safetensors': file not found" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -115,13 +115,13 @@ def train(
     if not splits["train"]:
         raise ValueError("no training slide can be read")
     device = select_device(device)
-    out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(seed)
     model = ATSModel.from_config(cfg.model, class_names).to(device)
     model.microns = training_microns(model, splits["train"], opener)
     optimizer = _optimizer(model, cfg.train)
     identity = _run_identity(cfg, seed, splits)
+    out.mkdir(parents=True, exist_ok=True)  # only once the recipe has built a model: a bad one leaves no folder
     history, best = _resume(out / "last.pt", model, optimizer, identity)
     if resume and history:
         say(f"resuming {out}: {len(history)} of {epochs} epochs done")
