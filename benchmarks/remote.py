@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -47,7 +46,7 @@ from harness import (
 
 from wsi_ats.pipeline import predict_one
 from wsi_ats.readers.remote import read_stats, source_size
-from wsi_ats.testing.servers import moto_server, range_http_server, s3_client, s3_env, upload
+from wsi_ats.testing.servers import moto_server, range_http_server, s3_client, s3_environment, upload
 
 #: bytes_read / file size that issue 18 asks for at n = 32.
 TARGET_FRACTION = 0.03
@@ -100,8 +99,8 @@ def run(size: int, repeats: int) -> dict:
     slides = {"tiff": cached_slide(size, fmt="tiff"), "ome-zarr": cached_slide(size, fmt="zarr")}
     predict_one(str(model), str(slides["tiff"]), "warm-up", seed=0)  # imports, model load: not timed
     results = {}
-    with moto_server() as endpoint, range_http_server(CACHE) as http:
-        os.environ.update(s3_env(endpoint))  # s3fs finds the server and keys as a user's shell gives them
+    # s3_environment: s3fs finds the server and keys as a user's shell gives them
+    with moto_server() as endpoint, s3_environment(endpoint), range_http_server(CACHE) as http:
         client = s3_client(endpoint)
         client.create_bucket(Bucket=BUCKET)
         for fmt, path in slides.items():

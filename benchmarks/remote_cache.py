@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 
 from harness import CACHE, RESULTS, figure, machine_info, machine_line, markdown_table, publish, save_figure, summary_row
 
-from wsi_ats.testing.servers import moto_server, s3_client, s3_env, upload
+from wsi_ats.testing.servers import moto_server, s3_client, s3_environment, upload
 
 RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "synthetic_wsi.toml"
 BUCKET = "cohort"
@@ -45,8 +44,7 @@ def run(n: int, size: int, epochs: int, work: Path) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     manifest = make_cohort(work / "cohort", n=n, size=size, formats=("tiff", "zarr"), seed=1, workers=1, progress=False)
     runs = {}
-    with moto_server() as endpoint:
-        os.environ.update(s3_env(endpoint))  # s3fs finds the server and keys as a user's shell gives them
+    with moto_server() as endpoint, s3_environment(endpoint):  # s3fs finds the server and keys as a user's shell gives them
         client = s3_client(endpoint)
         client.create_bucket(Bucket=BUCKET)
         slides = sorted((work / "cohort" / "slides").iterdir())

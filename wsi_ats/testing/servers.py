@@ -81,6 +81,30 @@ def s3_env(endpoint: str) -> dict[str, str]:
     return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": REGION}
 
 
+@contextmanager
+def s3_environment(endpoint: str) -> Iterator[None]:
+    """`s3_env` set in this process for the block, then the environment as it was.
+
+    s3fs keeps one filesystem per set of options, and the environment is not among them: a
+    filesystem made for an earlier server would still point at it. Its cache is cleared on
+    the way in and out, so each server's block reads from that server.
+    """
+    import s3fs
+
+    saved = {k: os.environ.get(k) for k in s3_env(endpoint)}
+    os.environ.update(s3_env(endpoint))
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
 def upload(client, bucket: str, local: Path, key: str) -> str:
     """Upload a file or a folder (a zarr store) under ``key``; the ``s3://`` URL of the upload."""
     if local.is_dir():
