@@ -30,7 +30,11 @@ with fsspec's defaults, as a user would (its HTTP file reads ahead 5 MiB on ever
 and once more with ``storage_options={"block_size": 65536}`` (what a user who read fsspec's
 docs would set); wsi-ats through ``open_slide(url)``. Bytes fetched are counted for each
 (wsi-ats: `wsi_ats.readers.remote.read_stats`; tiffslide: its fsspec file's cache counters).
-OpenSlide and libvips read local files only: their remote cells say so.
+OpenSlide and libvips read local files only: their remote cells say so. Loopback answers at
+once, which flatters a client that sends one request at a time, so every remote read runs
+twice: on loopback, and on a second server whose every answer waits `LATENCY_S` (an
+object store's time to first byte is tens of milliseconds; concurrent requests wait side by
+side, as they do there).
 
 Pixels: on the first repeat of every n, the first `CHECKED` patches of every reader, local
 and remote, must equal wsi-ats's local patches within `TOLERANCE` (JPEG decoders may
@@ -63,7 +67,10 @@ CHECKED, TOLERANCE = 4, 2
 #: fsspec block size of the tuned tiffslide (its default, 5 MiB, reads ahead far past a 256-px tile).
 SMALL_BLOCK = 2**16
 WSI = "wsi-ats"
-LOCAL, HTTP = "local", "HTTP Range"
+#: Time to first byte of the slower HTTP server (s).
+LATENCY_S = 0.02
+LOCAL, HTTP, LATENT = "local", "HTTP Range", f"HTTP Range +{LATENCY_S * 1000:.0f} ms"
+PLACES = (LOCAL, HTTP, LATENT)
 
 
 @dataclass(frozen=True)
@@ -184,29 +191,28 @@ class Peers:
         self._rotation = 0
 
     def __enter__(self) -> Peers:
-        base = self._stack.enter_context(range_http_server(self.path.parent))
-        self.url = f"{base}/{self.path.name}"
-        self.local, self.remote = open_slide(self.path), open_slide(self.url)
+        self.sources = {LOCAL: str(self.path)}
+        for where, latency in ((HTTP, 0.0), (LATENT, LATENCY_S)):
+            base = self._stack.enter_context(range_http_server(self.path.parent, latency=latency))
+            self.sources[where] = f"{base}/{self.path.name}"
+        self.slides = {where: open_slide(source) for where, source in self.sources.items()}
         warm = np.array([[0, 0]])
-        for slide in (self.local, self.remote):  # first-call costs (handle cache, thread pool) out of the timing
+        for slide in self.slides.values():  # first-call costs (handle cache, thread pool) out of the timing
             fetch_patches_with_stats(slide, 0, warm, self.patch, num_workers=self.threads)
         for peer in self.peers.values():
             for where in self._places(peer):
-                read_all(peer, [peer.open(self._source(where))], warm, self.patch)
+                read_all(peer, [peer.open(self.sources[where])], warm, self.patch)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
     def _places(self, peer: Peer) -> list[str]:
-        return [*([LOCAL] if peer.local else []), *([] if peer.urls else [HTTP])]
-
-    def _source(self, where: str) -> str:
-        return str(self.path) if where == LOCAL else self.url
+        return [*([LOCAL] if peer.local else []), *([] if peer.urls else [HTTP, LATENT])]
 
     def _jobs(self) -> list[tuple[str, int, str]]:
         """What `measure` times itself: every reader, place and thread count but fetch.py's two rows."""
-        jobs = [(where, t, WSI) for where in (LOCAL, HTTP) for t in (self.threads, 1)]
+        jobs = [(where, t, WSI) for where in PLACES for t in (self.threads, 1)]
         jobs += [(where, t, p.name) for p in self.peers.values() for where in self._places(p) for t in (self.threads, 1)]
         return [j for j in dict.fromkeys(jobs) if j not in ((LOCAL, self.threads, WSI), (LOCAL, 1, "OpenSlide"))]
 
@@ -218,7 +224,7 @@ class Peers:
         reference = None
         if n not in self._checked:  # the first repeat at this n: check the pixels too
             self._checked.add(n)
-            reference = fetch_patches_with_stats(self.local, 0, tops[:CHECKED], self.patch, num_workers=1)[0]
+            reference = fetch_patches_with_stats(self.slides[LOCAL], 0, tops[:CHECKED], self.patch, num_workers=1)[0]
         jobs = self._jobs()
         self._rotation = (self._rotation + 1) % len(jobs)
         for where, threads, name in jobs[self._rotation :] + jobs[: self._rotation]:
@@ -229,14 +235,14 @@ class Peers:
 
     def _read(self, where: str, threads: int, name: str, tops: np.ndarray) -> tuple[Sample, Sequence[np.ndarray]]:
         if name == WSI:
-            slide = self.local if where == LOCAL else self.remote
-            before, cpu = read_stats(self.url), time.process_time()
-            patches, stats = fetch_patches_with_stats(slide, 0, tops, self.patch, num_workers=threads)
+            source = self.sources[where]
+            before, cpu = read_stats(source), time.process_time()
+            patches, stats = fetch_patches_with_stats(self.slides[where], 0, tops, self.patch, num_workers=threads)
             cpu = time.process_time() - cpu
-            return Sample(stats.seconds, cpu, (read_stats(self.url) - before).bytes if where == HTTP else None), patches[:CHECKED]
+            return Sample(stats.seconds, cpu, (read_stats(source) - before).bytes if where != LOCAL else None), patches[:CHECKED]
         peer = self.peers[name]
-        handles = [peer.open(self._source(where)) for _ in range(threads)]
-        count = peer.fetched if where == HTTP else None
+        handles = [peer.open(self.sources[where]) for _ in range(threads)]
+        count = peer.fetched if where != LOCAL else None
         before = sum(map(count, handles)) if count else 0
         patches, wall, cpu = read_all(peer, handles, tops, self.patch)
         return Sample(wall, cpu, sum(map(count, handles)) - before if count else None), patches[:CHECKED]
@@ -250,11 +256,12 @@ class Peers:
     def result(self) -> dict[str, Any]:
         """Medians per n, place, threads and reader, and "wsi-ats ahead" ratios (medians of per-repeat ratios)."""
         rows = [{"n": n, "where": where, "threads": t, **self._row(samples, where, t)}
-                for n, samples in self._samples.items() for where in (LOCAL, HTTP) for t in (self.threads, 1)]  # fmt: skip
+                for n, samples in self._samples.items() for where in PLACES for t in (self.threads, 1)]  # fmt: skip
         return {
             "readers": {WSI: "fetch_patches_with_stats(slide, 0, tops, P, num_workers=T)"} | {p.name: p.call for p in self.peers.values()},
             "cannot_read_urls": {p.name: p.urls for p in self.peers.values() if p.urls},
-            "remote": "HTTP with Range (wsi_ats.testing.servers.range_http_server) in the benchmark's process, on 127.0.0.1",
+            "remote": "HTTP with Range (wsi_ats.testing.servers.range_http_server) in the benchmark's process, on 127.0.0.1; "
+            f"'{LATENT}': every answer waits {LATENCY_S} s first",
             "threads": self.threads,
             "pixels": {"patches_checked_per_reader": CHECKED, "tolerance": TOLERANCE, "max_abs_difference": self._diff},
             "results": rows,
@@ -298,28 +305,28 @@ def markdown(result: dict[str, Any]) -> str:
     headers = ["n", "where", "threads", f"{WSI} (s)", *(f"{p} (s)" for p in names), *(f"ahead of {p} (wall / CPU)" for p in names)]
     rows = []
     for r in result["results"]:
-        cannot = "cannot read URLs" if r["where"] == HTTP else "-"
+        cannot = "cannot read URLs" if r["where"] != LOCAL else "-"
         secs = [f"{r['seconds'][p]:.3f}" if p in r["seconds"] else cannot if p in result["cannot_read_urls"] else "-" for p in names]
         ahead = [f"{r['ahead'][p]:.2f}x / " + (f"{r['ahead_cpu'][p]:.2f}x" if p in r["ahead_cpu"] else "-") if p in r["ahead"] else "-"
                  for p in names]  # fmt: skip
         rows.append([r["n"], r["where"], r["threads"], f"{r['seconds'][WSI]:.3f}", *secs, *ahead])
     fetched = [r for r in result["results"] if r["mib_fetched"]]
     remote = [p for p in result["readers"] if any(p in r["mib_fetched"] for r in fetched)]
-    bytes_rows = [[r["n"], r["threads"], *(f"{r['mib_fetched'][p]:.1f}" for p in remote)] for r in fetched]
+    bytes_rows = [[r["n"], r["threads"], *(f"{r['mib_fetched'][p]:.1f}" for p in remote)] for r in fetched if r["where"] == HTTP]
     diff = ", ".join(f"{k} {v}" for k, v in result["pixels"]["max_abs_difference"].items())
     return "\n\n".join([
         "Peers: the same patches read by other libraries (ahead = their time / wsi-ats's, median of per-repeat ratios)",
         markdown_table(headers, rows),
-        "MiB fetched over HTTP Range for the n patches",
+        "MiB fetched over HTTP Range for the n patches (the same with latency)",
         markdown_table(["n", "threads", *remote], bytes_rows),
         f"Largest pixel difference from wsi-ats (first {result['pixels']['patches_checked_per_reader']} patches per n): {diff}.",
     ])  # fmt: skip
 
 
 def plot_onto(ax, result: dict[str, Any]) -> None:
-    """The peers' seconds against n on ``fetch.py``'s time axis: local and over HTTP, on T threads."""
+    """The peers' seconds against n on ``fetch.py``'s time axis: local and over HTTP with latency, on T threads."""
     t = result["threads"]
-    for where, style in ((LOCAL, ":"), (HTTP, "-.")):
+    for where, style in ((LOCAL, ":"), (LATENT, "-.")):
         rows = [r for r in result["results"] if r["where"] == where and r["threads"] == t]
         for name in result["readers"]:
             if (name == WSI and where == LOCAL) or name not in rows[0]["seconds"]:
