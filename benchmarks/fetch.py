@@ -243,7 +243,7 @@ def plot(result: dict, path: Path) -> Path:
         plot_onto(time_ax, result["peers"])
     time_ax.set_yscale("log")
     time_ax.set_ylabel(f"seconds (median of {result['repeats']})")
-    time_ax.legend(fontsize=8)
+    time_ax.legend(fontsize=7, framealpha=0.6)  # many lines with the peers: let them show through
     time_ax.set_title(f"{result['slide']['size'][0]}^2 JPEG TIFF, {result['threads']} threads", fontsize=10)
     ratio_ax.plot(ns, [r["fetch_over_limit"] for r in rows], "o-", label="wall")
     ratio_ax.plot(ns, [r["fetch_over_limit_cpu"] for r in rows], "s--", label="CPU (all threads)")
