@@ -131,8 +131,11 @@ def _pyvips() -> Peer:
 
 
 def peers() -> list[Peer]:
-    """The peers, imported here: a missing one is an ImportError naming it (they are in the ``test`` extras)."""
-    return [_openslide(), *_tiffslide(), _pyvips()]
+    """The peers, imported here: a missing one is an ImportError naming it and the extras that install it."""
+    try:
+        return [_openslide(), *_tiffslide(), _pyvips()]
+    except ImportError as e:
+        raise ImportError(f"benchmarks/peers.py needs {e.name}: pip install -e '.[test]' (tiffslide, pyvips, pyvips-binary)") from e
 
 
 def read_all(peer: Peer, handles: Sequence[Any], tops: np.ndarray, patch: int) -> tuple[list[np.ndarray], float, float]:
