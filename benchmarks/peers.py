@@ -268,7 +268,10 @@ class Peers:
             "threads": self.threads,
             "pixels": {"patches_checked_per_reader": CHECKED, "tolerance": TOLERANCE, "max_abs_difference": self._diff},
             "results": rows,
-        }
+            "samples": {f"n={n} | {where} | {t} threads | {name}": [[round(s.wall, 4), s.cpu and round(s.cpu, 4), s.fetched] for s in runs]
+                        for n, samples in self._samples.items() for (where, t, name), runs in samples.items()},
+            "samples_are": "per repeat, in order: [wall s, process CPU s or null, bytes fetched or null]",
+        }  # fmt: skip
 
     def _row(self, samples: dict[tuple[str, int, str], list[Sample]], where: str, threads: int) -> dict[str, Any]:
         ours = samples[where, threads, WSI]
