@@ -48,7 +48,7 @@ import queue
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +84,7 @@ class Peer:
     urls: str | None = None  # None: it reads URLs; else why it cannot
     local: bool = True  # False: a remote-only variant (locally it is another peer)
     fetched: Callable[[Any], int] | None = None  # bytes a handle has fetched from a URL so far
+    close: Callable[[Any], None] = lambda h: h.close()
 
 
 def _openslide() -> Peer:
@@ -127,7 +128,7 @@ def _pyvips() -> Peer:
         return np.ndarray((p, p, h.bands), np.uint8, data)[..., :3]
 
     return Peer("pyvips", 'Image.new_from_file(path, page=0, access="random"), Region.new(image).fetch(x, y, P, P)', open_, read,
-                urls="cannot read URLs (libvips loads local files and memory only)")  # fmt: skip
+                urls="cannot read URLs (libvips loads local files and memory only)", close=lambda h: None)  # fmt: skip
 
 
 def peers() -> list[Peer]:
@@ -136,6 +137,18 @@ def peers() -> list[Peer]:
         return [_openslide(), *_tiffslide(), _pyvips()]
     except ImportError as e:
         raise ImportError(f"benchmarks/peers.py needs {e.name}: pip install -e '.[test]' (tiffslide, pyvips, pyvips-binary)") from e
+
+
+@contextlib.contextmanager
+def opened(peer: Peer, source: str, count: int) -> Iterator[list[Any]]:
+    """``count`` fresh handles of ``source`` (one per thread), closed on exit."""
+    handles: list[Any] = []
+    try:
+        handles.extend(peer.open(source) for _ in range(count))
+        yield handles
+    finally:
+        for h in handles:
+            peer.close(h)
 
 
 def read_all(peer: Peer, handles: Sequence[Any], tops: np.ndarray, patch: int) -> tuple[list[np.ndarray], float, float]:
@@ -204,7 +217,8 @@ class Peers:
             fetch_patches_with_stats(slide, 0, warm, self.patch, num_workers=self.threads)
         for peer in self.peers.values():
             for where in self._places(peer):
-                read_all(peer, [peer.open(self.sources[where])], warm, self.patch)
+                with opened(peer, self.sources[where], 1) as handles:
+                    read_all(peer, handles, warm, self.patch)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -244,11 +258,11 @@ class Peers:
             cpu = time.process_time() - cpu
             return Sample(stats.seconds, cpu, (read_stats(source) - before).bytes if where != LOCAL else None), patches[:CHECKED]
         peer = self.peers[name]
-        handles = [peer.open(self.sources[where]) for _ in range(threads)]
         count = peer.fetched if where != LOCAL else None
-        before = sum(map(count, handles)) if count else 0
-        patches, wall, cpu = read_all(peer, handles, tops, self.patch)
-        return Sample(wall, cpu, sum(map(count, handles)) - before if count else None), patches[:CHECKED]
+        with opened(peer, self.sources[where], threads) as handles:
+            before = sum(map(count, handles)) if count else 0
+            patches, wall, cpu = read_all(peer, handles, tops, self.patch)
+            return Sample(wall, cpu, sum(map(count, handles)) - before if count else None), patches[:CHECKED]
 
     def _check(self, key: str, got: Sequence[np.ndarray], reference: np.ndarray) -> None:
         diff = max_difference(got, reference)
