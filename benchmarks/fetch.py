@@ -11,8 +11,8 @@ each repeat, seeded), it times, in the same run and with the same number of thre
 - ``fetch``: `wsi_ats.engine.fetch.fetch_patches_with_stats` on the threaded scheduler;
 - ``naive``: one ``openslide.OpenSlide.read_region`` per patch, one thread;
 - the peers (`peers.py`): OpenSlide, tiffslide and pyvips per patch on 1 and the same number
-  of threads, local and (tiffslide) over HTTP Range beside wsi-ats over the same URL, under
-  the JSON's ``peers`` key.
+  of threads, local and (tiffslide) over HTTP Range, with and without latency, beside wsi-ats
+  over the same URL, under the JSON's ``peers`` key (``--quick``: the first n only, no latency).
 
 Wall time and process CPU time (all threads) are both recorded: on a shared, busy machine
 the CPU ratio still shows the overhead of fetch over pure decoding.
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     info = machine_info()  # before the runs, so the load average is the other processes'
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(_local_client(args.threads)) if args.distributed else None
-        peers = stack.enter_context(Peers(path, args.patch, args.threads))
+        peers = stack.enter_context(Peers(path, args.patch, args.threads, latency=not args.quick))
         rows, sweep = _time_all(args, path, client, peers)
     rss = peak_rss(path, max(args.n), args.patch, args.threads, args.seed)
     checked = [row["fetch_over_limit"] for row in rows if row["n"] >= 64]

@@ -71,6 +71,7 @@ WSI = "wsi-ats"
 LATENCY_S = 0.02
 LOCAL, HTTP, LATENT = "local", "HTTP Range", f"HTTP Range +{LATENCY_S * 1000:.0f} ms"
 PLACES = (LOCAL, HTTP, LATENT)
+LATENCIES = {HTTP: 0.0, LATENT: LATENCY_S}
 
 
 @dataclass(frozen=True)
@@ -196,8 +197,10 @@ class Peers:
     A context manager: it serves the slide's folder over HTTP with Range while open.
     """
 
-    def __init__(self, path: Path, patch: int, threads: int) -> None:
+    def __init__(self, path: Path, patch: int, threads: int, latency: bool = True) -> None:
+        """``latency=False`` leaves out the server with latency (``fetch.py --quick``: it costs seconds)."""
         self.path, self.patch, self.threads = path, patch, threads
+        self.places = PLACES if latency else PLACES[:2]
         self.peers = {p.name: p for p in peers()}
         self._stack = contextlib.ExitStack()
         #: n -> (where, threads, reader) -> one `Sample` per repeat
@@ -208,8 +211,8 @@ class Peers:
 
     def __enter__(self) -> Peers:
         self.sources = {LOCAL: str(self.path)}
-        for where, latency in ((HTTP, 0.0), (LATENT, LATENCY_S)):
-            base = self._stack.enter_context(range_http_server(self.path.parent, latency=latency))
+        for where in self.places[1:]:
+            base = self._stack.enter_context(range_http_server(self.path.parent, latency=LATENCIES[where]))
             self.sources[where] = f"{base}/{self.path.name}"
         self.slides = {where: open_slide(source) for where, source in self.sources.items()}
         warm = np.array([[0, 0]])
@@ -225,11 +228,11 @@ class Peers:
         self._stack.close()
 
     def _places(self, peer: Peer) -> list[str]:
-        return [*([LOCAL] if peer.local else []), *([] if peer.urls else [HTTP, LATENT])]
+        return [*([LOCAL] if peer.local else []), *([] if peer.urls else self.places[1:])]
 
     def _jobs(self) -> list[tuple[str, int, str]]:
         """What `measure` times itself: every reader, place and thread count but fetch.py's two rows."""
-        jobs = [(where, t, WSI) for where in PLACES for t in (self.threads, 1)]
+        jobs = [(where, t, WSI) for where in self.places for t in (self.threads, 1)]
         jobs += [(where, t, p.name) for p in self.peers.values() for where in self._places(p) for t in (self.threads, 1)]
         return [j for j in dict.fromkeys(jobs) if j not in ((LOCAL, self.threads, WSI), (LOCAL, 1, "OpenSlide"))]
 
@@ -273,7 +276,7 @@ class Peers:
     def result(self) -> dict[str, Any]:
         """Medians per n, place, threads and reader, and "wsi-ats ahead" ratios (medians of per-repeat ratios)."""
         rows = [{"n": n, "where": where, "threads": t, **self._row(samples, where, t)}
-                for n, samples in self._samples.items() for where in PLACES for t in (self.threads, 1)]  # fmt: skip
+                for n, samples in self._samples.items() for where in self.places for t in (self.threads, 1)]  # fmt: skip
         return {
             "readers": {WSI: "fetch_patches_with_stats(slide, 0, tops, P, num_workers=T)"} | {p.name: p.call for p in self.peers.values()},
             "cannot_read_urls": {p.name: p.urls for p in self.peers.values() if p.urls},
@@ -344,9 +347,10 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot_onto(ax, result: dict[str, Any]) -> None:
-    """The peers' seconds against n on ``fetch.py``'s time axis: local and over HTTP with latency, on T threads."""
+    """The peers' seconds against n on ``fetch.py``'s time axis: local and over HTTP (with latency if measured), on T threads."""
     t = result["threads"]
-    for where, style in ((LOCAL, ":"), (LATENT, "-.")):
+    remote = LATENT if any(r["where"] == LATENT for r in result["results"]) else HTTP
+    for where, style in ((LOCAL, ":"), (remote, "-.")):
         rows = [r for r in result["results"] if r["where"] == where and r["threads"] == t]
         for name in result["readers"]:
             if (name == WSI and where == LOCAL) or name not in rows[0]["seconds"]:
