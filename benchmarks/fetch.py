@@ -9,7 +9,10 @@ each repeat, seeded), it times, in the same run and with the same number of thre
   beforehand, decoded in a tight loop (tifffile ``page.decode``, imagecodecs under it), the
   tiles split evenly across the threads; nothing is assembled;
 - ``fetch``: `wsi_ats.engine.fetch.fetch_patches_with_stats` on threads (the tile queue);
-- ``naive``: one ``openslide.OpenSlide.read_region`` per patch, one thread.
+- ``naive``: one ``openslide.OpenSlide.read_region`` per patch, one thread;
+- the peers (`peers.py`): OpenSlide, tiffslide and pyvips per patch on 1 and the same number
+  of threads, local and (tiffslide) over HTTP Range, with and without latency, beside wsi-ats
+  over the same URL, under the JSON's ``peers`` key (``--quick``: the first n only, no latency).
 
 Wall time and process CPU time (all threads) are both recorded: on a shared, busy machine
 the CPU ratio still shows the overhead of fetch over pure decoding.
@@ -50,6 +53,9 @@ from harness import (
     save_figure,
     summary_row,
 )
+from peers import Peers, plot_onto
+from peers import markdown as peers_markdown
+from peers import summary as peers_summary
 
 from wsi_ats.engine.fetch import fetch_patches_with_stats
 from wsi_ats.readers import open_slide
@@ -139,11 +145,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     info = machine_info()  # before the runs, so the load average is the other processes'
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(_local_client(args.threads)) if args.distributed else None
-        rows = _time_all(args, path, client)
+        peers = stack.enter_context(Peers(path, args.patch, args.threads, latency=not args.quick))
+        rows = _time_all(args, path, client, peers)
     rss = peak_rss(path, max(args.n), args.patch, args.threads, args.seed)
     checked = [row["fetch_over_limit"] for row in rows if row["n"] >= 64]
     worst = max(checked, default=float("nan"))
-    slide = open_slide(path)
+    slide, others = open_slide(path), peers.result()
     return {
         "benchmark": "fetch",
         "slide": {"size": list(slide.levels[0].shape), "tile": list(slide.tile_shape(0)), "format": "Aperio-like "
@@ -151,6 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "patch": args.patch, "threads": args.threads, "repeats": args.repeats, "seed": args.seed,
         "positions": "uniform in tissue (Otsu mask)", "machine": info, "results": rows,
         "peak_rss_mb": rss,
+        "peers": others,
         "target": {"fetch_over_limit_max": TARGET_RATIO, "for_n_at_least": 64, "peak_rss_mb_max": TARGET_RSS_MB},
         "meets_target": bool(checked and worst <= TARGET_RATIO and rss["peak_mb"] <= TARGET_RSS_MB),
         "summary": [
@@ -161,6 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             summary_row(f"peak RSS fetching n = {max(args.n)} (MB)", rss["peak_mb"], f"<= {TARGET_RSS_MB}",
                         rss["peak_mb"] <= TARGET_RSS_MB),
             summary_row(f"naive OpenSlide / fetch at n = {rows[-1]['n']}", f"{rows[-1]['naive_over_fetch']}x"),
+            *peers_summary(others),
         ],
     }  # fmt: skip
 
@@ -173,7 +182,7 @@ def _local_client(workers: int):
         yield c
 
 
-def _time_all(args: argparse.Namespace, path: Path, client) -> list[dict]:
+def _time_all(args: argparse.Namespace, path: Path, client, peers: Peers) -> list[dict]:
     slide, limit = open_slide(path), DecodeLimit(path)
     threads, patch = args.threads, args.patch
     warm = tissue_corners(slide, 16, patch, np.random.default_rng([args.seed, 1]))
@@ -201,6 +210,8 @@ def _time_all(args: argparse.Namespace, path: Path, client) -> list[dict]:
             if client is not None:
                 times["distributed"].append(fetch_patches_with_stats(slide, 0, tops, patch, client=client)[1].seconds)
             times["naive"].append(naive_seconds(path, tops, patch))
+            if not args.quick or n == args.n[0]:  # --quick: the peers at the first n only (seconds, not a minute)
+                peers.measure(n, tops, {k: v[-1] for k, v in times.items()})
         med = {k: statistics.median(v) for k, v in times.items()}
         paired = statistics.median(f / lim for f, lim in zip(times["fetch"], times["limit"]))
         paired_cpu = statistics.median(f / lim for f, lim in zip(times["fetch_cpu"], times["limit_cpu"]))
@@ -223,9 +234,11 @@ def plot(result: dict, path: Path) -> Path:
     for key, label in labels.items():
         if key in rows[0]:
             time_ax.plot(ns, [r[key] for r in rows], "o-", label=label)
+    if "peers" in result:
+        plot_onto(time_ax, result["peers"])
     time_ax.set_yscale("log")
     time_ax.set_ylabel(f"seconds (median of {result['repeats']})")
-    time_ax.legend(fontsize=8)
+    time_ax.legend(fontsize=7, framealpha=0.6)  # many lines with the peers: let them show through
     time_ax.set_title(f"{result['slide']['size'][0]}^2 JPEG TIFF, {result['threads']} threads", fontsize=10)
     ratio_ax.plot(ns, [r["fetch_over_limit"] for r in rows], "o-", label="wall")
     ratio_ax.plot(ns, [r["fetch_over_limit_cpu"] for r in rows], "s--", label="CPU (all threads)")
@@ -260,6 +273,8 @@ def markdown(result: dict) -> str:
                  f"fetch); target met: {result['meets_target']}")  # fmt: skip
     lines.append(f"{machine_line(result['machine'])} (before the run), "
                  f"{result['threads']} threads, {result['repeats']} repeats (median)")  # fmt: skip
+    if "peers" in result:
+        lines += ["", peers_markdown(result["peers"])]
     return "\n".join(lines)
 
 

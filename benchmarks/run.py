@@ -50,7 +50,7 @@ class Benchmark:
 BENCHMARKS = (
     Benchmark("read_region", "tile and patch reads per second, per backend, 1 and 2 threads",
               quick=("--size", "2048", "--reads", "40", "--repeats", "1")),
-    Benchmark("fetch", "fetch_patches against the physical decode limit and naive OpenSlide reads",
+    Benchmark("fetch", "fetch_patches against the decode limit; the same patches read by OpenSlide, tiffslide, pyvips (local, HTTP)",
               quick=("--quick", "--size", "4096")),
     Benchmark("synth_memory", "peak RSS and time of writing a 100k^2 synthetic slide (and 25k^2, 50k^2)", quick=("--size", "2048")),
     Benchmark("train_step", "training-step time and peak RSS for the same n: a slide, its tissue on a 4x-area slide, 4x the tissue",

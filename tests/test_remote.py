@@ -11,6 +11,9 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +235,18 @@ def test_training_on_a_manifest_under_an_s3_root_learns_the_same_weights_as_on_t
     train(manifest, recipe, tmp_path / "remote", seed=0, epochs=1, device="cpu", progress=False, root=f"s3://{BUCKET}/train")
     local, remote = (torch.load(tmp_path / run / "model.pt", weights_only=False)["state_dict"] for run in ("local", "remote"))
     assert local.keys() == remote.keys() and all(torch.equal(local[k], remote[k]) for k in local)
+
+
+def test_the_http_server_answers_each_request_after_its_latency_and_concurrent_requests_wait_side_by_side(tmp_path):
+    (tmp_path / "blob").write_bytes(bytes(range(256)))
+    with range_http_server(tmp_path, latency=0.3) as base:
+        start = time.perf_counter()
+        with urllib.request.urlopen(urllib.request.Request(f"{base}/blob", headers={"Range": "bytes=2-5"})) as answer:
+            assert answer.read() == bytes([2, 3, 4, 5])
+        one = time.perf_counter() - start
+        with ThreadPoolExecutor(4) as pool:
+            start = time.perf_counter()
+            list(pool.map(lambda _: urllib.request.urlopen(f"{base}/blob").read(), range(4)))
+            four = time.perf_counter() - start
+    assert 0.3 <= one < 0.3 * 3
+    assert 0.3 <= four < 0.3 * 3  # not 4 x 0.3: the server answers in parallel

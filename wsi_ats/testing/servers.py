@@ -124,6 +124,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
     def send_head(self):
+        time.sleep(self.server.latency)
         path = Path(self.translate_path(self.path))
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
         if not path.is_file() or match is None:
@@ -150,16 +151,25 @@ class _Server(http.server.ThreadingHTTPServer):
     #: A client fetches a region's tiles concurrently (~100 connections at once): with the
     #: default backlog of 5, refused SYNs wait out TCP retransmits (seconds per request).
     request_queue_size = 256
+    #: Seconds every answer waits before its first byte (`range_http_server`'s ``latency``).
+    latency = 0.0
 
 
 @contextmanager
-def range_http_server(root: Path) -> Iterator[str]:
-    """An HTTP server over ``root`` with Range support, in a thread; yields its base URL."""
+def range_http_server(root: Path, latency: float = 0.0) -> Iterator[str]:
+    """An HTTP server over ``root`` with Range support, in a thread; yields its base URL.
+
+    ``latency``: seconds each request waits before it is answered (concurrent requests wait
+    side by side), as a real object store's time to first byte: loopback has none, and
+    without it a client that sends one request at a time looks as fast as one that sends
+    them together.
+    """
 
     def handler(*args, **kwargs):
         return _RangeHandler(*args, directory=str(root), **kwargs)
 
     server = _Server(("127.0.0.1", 0), handler)
+    server.latency = latency
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
