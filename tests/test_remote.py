@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 from wsi_ats.readers import SlideError, open_slide
-from wsi_ats.readers.remote import read_stats, source_size
+from wsi_ats.readers.remote import read_stats, source_size, touching_spans
 from wsi_ats.synth import make_slide
 from wsi_ats.testing.servers import moto_server, range_http_server, s3_client, s3_env, storage_options, upload
 
@@ -93,13 +94,22 @@ def test_reading_one_tile_over_a_url_fetches_the_header_and_that_tiles_bytes_onl
     assert header.bytes < size / 3
 
 
-def test_the_tiles_of_a_region_are_requested_together_in_one_round(s3):
+def test_the_tiles_of_a_region_are_requested_together_one_request_per_row_of_touching_tiles(s3, local):
     endpoint, urls = s3
     slide = open_slide(urls["slide.tiff"], storage_options=storage_options(endpoint))
     before = read_stats(urls["slide.tiff"])
     tiles = slide.read_tiles(0, [(0, 0), (0, 1), (1, 0), (1, 1)])
-    assert (read_stats(urls["slide.tiff"]) - before).requests == 4
+    read = read_stats(urls["slide.tiff"]) - before
+    with tifffile.TiffFile(local / "slide.tiff") as tif:  # a row's tiles lie one after the other
+        counts = tif.pages[0].databytecounts
+        across = len(range(0, tif.pages[0].imagewidth, 256))
+    assert read.requests == 2 and read.bytes == sum(counts[k] for k in (0, 1, across, across + 1))  # not a byte more
     np.testing.assert_array_equal(tiles[3], slide.read_region(0, (256, 256), (256, 256)))
+
+
+def test_touching_ranges_are_merged_into_spans_of_at_most_the_limit():
+    assert touching_spans([(30, 40), (0, 10), (10, 20), (15, 18), (50, 60)]) == [(0, 20), (30, 40), (50, 60)]
+    assert touching_spans([(0, 10), (10, 20), (20, 30)], limit=20) == [(0, 20), (20, 30)]
 
 
 def test_a_pickled_url_slide_reopens_with_its_storage_options(s3):
@@ -172,7 +182,12 @@ def test_fetching_patches_from_a_url_gives_the_local_pixels_requesting_each_cove
     read = read_stats(url) - before
     expected, _ = fetch_patches_with_stats(open_slide(local / "slide.tiff"), 0, corners, 224, num_workers=1)
     np.testing.assert_array_equal(patches, expected)
-    assert read.requests == stats.tiles  # each covering tile's bytes requested once
+    with tifffile.TiffFile(local / "slide.tiff") as tif:
+        counts, across = tif.pages[0].databytecounts, len(range(0, tif.pages[0].imagewidth, 256))
+    span = lambda v: range(v // 256, (v + 223) // 256 + 1)  # noqa: E731 - the tiles a 224-px patch side covers
+    covering = {(ty, tx) for y, x in corners for ty in span(y) for tx in span(x)}
+    assert len(covering) == stats.tiles and read.bytes == sum(counts[ty * across + tx] for ty, tx in covering)  # each once
+    assert read.requests < stats.tiles  # a patch's touching tiles in one request
 
 
 @pytest.mark.slow
