@@ -2,7 +2,7 @@
 
     python benchmarks/ats_vs_dense.py [--quick] [--out FILE.json] [--cohort 16] [--train-size 4096]
                                       [--sizes 10000 20000 40000] [--epochs E] [--seed 0]
-                                      [--repeats 3] [--dense-repeats 1] [--threads T]
+                                      [--repeats 5] [--dense-repeats 1] [--threads T]
 
 Both methods share the recipe's (``pipelines/synthetic_wsi.toml``) tissue mask, high level,
 patch size and feature network (the registry's, by name):
@@ -169,7 +169,7 @@ def _child(method: str, net: str, n: int, slide_path: Path, run_dir: Path, repea
             wall, cpu = time.perf_counter(), time.process_time()
             plan = plan_slide(model, slide)
             mid_wall, mid_cpu = time.perf_counter(), time.process_time()
-            with autocast(model.device):
+            with torch.no_grad(), autocast(model.device):  # as in predict_slide: no activation kept
                 tissue_logits(model, read_windows(plan), plan)
             extra = {
                 "attention_cells": len(plan.cells), "low_level_shape": list(plan.grid.low_shape),
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-size", type=int, default=None, help=f"side of the cohort's slides (default the demo's, {DEMO_COHORT['size']})")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="slide sides timed (default 10000 20000 40000)")
     p.add_argument("--epochs", type=int, default=None, help="ATS epochs (default: the recipe's)")
-    p.add_argument("--repeats", type=int, default=None, help="ATS predictions timed per slide, n and net, best kept (default 3)")
+    p.add_argument("--repeats", type=int, default=None, help="ATS predictions timed per slide, n and net, best kept (default 5)")
     p.add_argument("--dense-repeats", type=int, default=1, help="dense predictions timed per slide and net, best kept (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of every timed process (default: the usable cores)")
     p.add_argument("--head-epochs", type=int, default=None, help=f"most epochs of the dense pooling head (default {HEAD_MAX_EPOCHS})")
@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     args.train_size = args.train_size or DEMO_COHORT["size"]  # smaller slides have no room for its lesions
     args.sizes = args.sizes or ([1024, 2048] if quick else [10000, 20000, 40000])
     args.epochs = args.epochs or (1 if quick else None)
-    args.repeats = args.repeats or (1 if quick else 3)
+    args.repeats = args.repeats or (1 if quick else 5)
     args.threads = args.threads or len(os.sched_getaffinity(0))
     args.head_epochs = args.head_epochs or (10 if quick else HEAD_MAX_EPOCHS)
     args.config = args.config.resolve()
