@@ -17,10 +17,10 @@ patch size and feature network (the registry's, by name):
   tissue never read, each block one ``read_region`` (the TIFF fast path decodes only the JPEG
   tiles it covers), the next block decoded on a background thread while the encoder runs on
   256 tiles at a time through the same `ATSModel.encode` as ATS (eval mode, frozen encoder
-  under ``torch.inference_mode``, channels-last). As in CLAM the feature network is frozen and features are computed once:
-  it is the trained ATS model's (same network, same weights), so the two differ only in what
-  they look at; the small pooling head is trained on the same training slides until its
-  training loss converges (below 0.01, or no better for 20 epochs).
+  under ``torch.inference_mode``, channels-last). As in CLAM the feature network is frozen and
+  features are computed once: it is the trained ATS model's (same network, same weights), so
+  the two differ only in what they look at; the small pooling head is trained on the same
+  training slides until its training loss converges (below 0.01, or no better for 20 epochs).
 
 Two comparisons, both methods with the same feature net in each:
 
@@ -30,9 +30,9 @@ Two comparisons, both methods with the same feature net in each:
 - **resnet50** (time only, random weights, frozen): the recipe with `TIMING_FEATURES`, timm's
   ResNet-50, the ImageNet net that dense pipelines (CLAM's default, TIAToolbox) run on every
   tile; the settings of ``pipelines/synthetic_resnet50_frozen.toml`` (64 px patches at 1/4,
-  attention at 1/16) but untrained weights: its cost does not depend on them. Trained end to end from random weights, a
-  ResNet-class net (the hand-written ResNet-18 this replaced) did not learn this cohort: 60
-  epochs fit the 8 training slides (training loss 0.0002) with the attention still uniform,
+  attention at 1/16) but untrained weights: its cost does not depend on them. Trained end to
+  end from random weights, a ResNet-class net (the hand-written ResNet-18 this replaced) did
+  not learn this cohort: 60 epochs fit the 8 training slides (training loss 0.0002) with the attention still uniform,
   held-out accuracy 0.25-0.5 (0.77 s per step, 450 s, 1 thread). Frozen pretrained features
   fix that: ``pipelines/synthetic_resnet18_frozen.toml`` reaches 1.00 held out
   (``experiments/encoder_pretrain/results.json``).
@@ -46,13 +46,14 @@ slide, encoder forwards and peak RSS are measured on one positive slide per size
 dense, each method, ``n`` and net in a fresh process (`run_child`) for a clean peak RSS, all
 with the same torch threads (``--threads``). Each records wall and process-CPU seconds (all
 threads), the best of ``--repeats`` timed predictions for ATS and of ``--dense-repeats`` for
-dense (minutes a run at 40k^2 with ResNet-50 on two cores). On a shared machine CPU seconds
-are the robust figure: wall seconds stretch with the other processes' load (recorded at the
-start, end and in every child). The children run with ``OMP_WAIT_POLICY=PASSIVE`` unless set:
-with spinning OpenMP workers on an oversubscribed machine, a thread waiting for a descheduled
-partner burns CPU, which cost ATS's many small operations 3-7x their CPU time and dense's
-large ones little (``benchmarks/results/NOTES.md``). Encoder forwards are counted by a hook on
-the feature net. Timed slides are cached in ``benchmarks/results/tmp/``; the cohort is
+dense (a minute a run at 40k^2 with ResNet-50 on two cores), and each method's first
+prediction apart (the slide opened and decoded afresh in the process: what a batch run pays).
+On a shared machine CPU seconds are the robust figure: wall seconds stretch with the other
+processes' load (recorded at the start, the end and in every child). The children run with
+``OMP_WAIT_POLICY=PASSIVE`` unless set: with spinning OpenMP workers on an oversubscribed
+machine a thread waiting for a descheduled partner burns CPU, which cost ATS's many small
+operations 4-6x their CPU time (``benchmarks/results/NOTES.md``). Encoder forwards are
+counted by a hook on the feature net. Timed slides are cached in ``benchmarks/results/tmp/``; the cohort is
 written afresh into the run's temporary folder (seconds).
 
 Writes ``benchmarks/results/ats_vs_dense.json`` and ``.png`` (``--quick``: 4 slides, one
@@ -240,6 +241,11 @@ def timing_summary(sweep: list[dict[str, Any]], recipe_net: str, load_start: flo
         return " -> ".join(f"{s['size']}: {s[net]['ratios'][key]['speedup']:.1f}x wall, {s[net]['ratios'][key]['cpu_speedup']:.1f}x CPU"
                            for s in sweep)  # fmt: skip
 
+    def first_runs(s: dict[str, Any]) -> str:
+        r = s[TIMING_NAME]
+        wall, cpu = (r["dense"][k][0] / r[key][k][0] for k in ("seconds", "cpu_seconds"))
+        return f"{s['size']}: {wall:.1f}x wall, {cpu:.1f}x CPU"
+
     def forwards(s: dict[str, Any]) -> str:
         return " / ".join(str(s[TIMING_NAME][k]["encoder_forwards"]) for k in (*map(ats_key, ATS_PATCHES), "dense"))
 
@@ -253,6 +259,8 @@ def timing_summary(sweep: list[dict[str, Any]], recipe_net: str, load_start: flo
                     at_largest(TIMING_NAME, "speedup", "seconds_best"), f">= {TARGET_SPEEDUP:.0f}x", met[f"speedup_{TIMING_NAME}_wall"]),
         summary_row(f"dense / ATS by slide side, {TIMING_NAME}, n = {ATS_PATCHES[0]}", by_size(TIMING_NAME), "grows with size",
                     met["speedup_grows"]),
+        summary_row("the same from each method's first prediction in its process (the slide opened and decoded afresh; "
+                    "what a batch run pays per slide)", " -> ".join(map(first_runs, sweep))),
         summary_row(f"encoder forwards per slide, ATS {n_all} / dense (the hardware-independent figure)",
                     " -> ".join(f"{s['size']}: {forwards(s)}" for s in sweep)),
         summary_row(f"peak RSS MiB at {side}, ATS n = {ATS_PATCHES[0]} vs dense",
