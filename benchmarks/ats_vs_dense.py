@@ -49,10 +49,11 @@ threads), the best of ``--repeats`` timed predictions for ATS and of ``--dense-r
 dense (a minute a run at 40k^2 with ResNet-50 on two cores), and each method's first
 prediction apart (the slide opened and decoded afresh in the process: what a batch run pays).
 On a shared machine CPU seconds are the robust figure: wall seconds stretch with the other
-processes' load (recorded at the start, the end and in every child). The children run with
-``OMP_WAIT_POLICY=PASSIVE`` unless set: with spinning OpenMP workers on an oversubscribed
-machine a thread waiting for a descheduled partner burns CPU, which cost ATS's many small
-operations 4-6x their CPU time (``benchmarks/results/NOTES.md``). Encoder forwards are
+processes' load (recorded at the start, the end and in every child). The children inherit
+``OMP_WAIT_POLICY=PASSIVE`` (``import wsi_ats`` sets it unless set; the JSON records it):
+with spinning OpenMP workers on an oversubscribed machine a thread waiting for a descheduled
+partner burns CPU, which cost ATS's many small operations 4-6x their CPU time
+(``benchmarks/results/NOTES.md``). Encoder forwards are
 counted by a hook on the feature net. Timed slides are cached in ``benchmarks/results/tmp/``; the cohort is
 written afresh into the run's temporary folder (seconds).
 
@@ -526,7 +527,6 @@ def main(argv: list[str] | None = None) -> int:
     args.threads = args.threads or len(os.sched_getaffinity(0))
     args.head_epochs = args.head_epochs or (10 if quick else HEAD_MAX_EPOCHS)
     args.config = args.config.resolve()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the children's OpenMP workers sleep while they wait (see the module)
     out = args.out or (CACHE / "ats_vs_dense-quick.json" if quick else RESULTS / "ats_vs_dense.json")
     CACHE.mkdir(parents=True, exist_ok=True)
     result = run(args)
