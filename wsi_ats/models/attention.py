@@ -104,8 +104,8 @@ class SmallCNNAttention(nn.Module):
         if self.padding == "same":  # the mean of what exists, as at the slide border of a tile
             return -F.avg_pool2d(x.mean(dim=1, keepdim=True), k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]
         c = self.radius - k // 2  # valid: cell i is centred on pixel i + radius
-        # one k x k convolution averaging all channels: the same as the channel mean then avg_pool2d, ~10x cheaper on
-        # channels-last input (a mean over the innermost, strided channel dim is slow on CPU)
+        # one k x k convolution averaging all channels: the channel mean then avg_pool2d, cheaper on channels-last
+        # input, where a mean over the innermost, strided channel dim is slow on CPU (benchmarks/results/NOTES.md)
         inner = x[:, :, c : x.shape[2] - c, c : x.shape[3] - c]
         return -F.conv2d(inner, x.new_full((1, x.shape[1], k, k), 1.0 / (x.shape[1] * k * k)))[:, 0]
 
