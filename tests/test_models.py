@@ -76,6 +76,19 @@ def test_attention_net_geometry_matches_its_output(padding, lost):
     assert net(torch.rand(1, 3, 40, 50)).shape == (1, 40 - lost, 50 - lost)
 
 
+def test_the_attention_nets_tanh_is_torch_tanh_with_and_without_autograd():
+    from wsi_ats.models.attention import Tanh
+
+    x = torch.randn(2, 8, 11, 13) * 4
+    kept = x.clone()
+    with torch.no_grad():
+        torch.testing.assert_close(Tanh()(x), torch.tanh(x), rtol=0, atol=3e-7)
+    torch.testing.assert_close(x, kept, rtol=0, atol=0)  # the in-place identity works on a copy
+    leaf = x.clone().requires_grad_()
+    Tanh()(leaf).sum().backward()
+    torch.testing.assert_close(leaf.grad, 1 - torch.tanh(x) ** 2)
+
+
 def test_recipe_in_pipelines_builds_a_model():
     config = load_config(ROOT / "pipelines" / "synthetic_wsi.toml")
     model = ATSModel.from_config(config.model, CLASSES)
