@@ -80,17 +80,19 @@ def test_a_tiff_over_http_with_range_requests_reads_the_pixels_of_its_local_copy
     same_pixels(open_slide(f"{http}/slide.tiff"), open_slide(local / "slide.tiff"))
 
 
-def test_reading_one_tile_over_a_url_fetches_the_header_and_that_tiles_bytes_only(s3, local):
-    endpoint, urls = s3
-    url = urls["slide.tiff"]
+def test_reading_one_tile_over_a_url_fetches_the_header_and_that_tiles_bytes_only_once(s3, local):
+    endpoint, _ = s3
+    url = upload(s3_client(endpoint), BUCKET, local / "slide.tiff", "read-once.tiff")  # read by no other test
     before = read_stats(url)
     slide = open_slide(url, storage_options=storage_options(endpoint))
     header = read_stats(url) - before
     slide.read_tile(0, 3, 4)
     tile = read_stats(url) - before - header
+    slide.read_tile(0, 3, 4)  # a small level's decoded tiles are kept: not fetched again
     size = (local / "slide.tiff").stat().st_size
     assert source_size(url, storage_options(endpoint)) == size
     assert tile.requests == 1 and 0 < tile.bytes < size / 40  # one of 64 tiles
+    assert read_stats(url) - before - header == tile
     assert header.bytes < size / 3
 
 
@@ -173,8 +175,8 @@ def test_a_local_cluster_worker_opens_the_url_itself(s3, local):
 def test_fetching_patches_from_a_url_gives_the_local_pixels_requesting_each_covering_tile_once(s3, local, workers):
     from wsi_ats.engine.fetch import fetch_patches_with_stats
 
-    endpoint, urls = s3
-    url = urls["slide.tiff"]
+    endpoint, _ = s3
+    url = upload(s3_client(endpoint), BUCKET, local / "slide.tiff", f"fetch-{workers}.tiff")  # read by no other test
     slide = open_slide(url, storage_options=storage_options(endpoint))
     corners = np.array([[100, 100], [700, 1300], [1500, 40], [1800, 1800]])
     before = read_stats(url)
