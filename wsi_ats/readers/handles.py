@@ -18,6 +18,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
+import numpy as np
+
 from wsi_ats.readers.base import SlideError
 
 H = TypeVar("H")
@@ -83,3 +85,38 @@ class HandleCache(Generic[H]):
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
+
+
+class PixelCache:
+    """A byte-bounded LRU of decoded pixels (read-only arrays) shared by the readers of a process."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = budget, 0
+        self._items: OrderedDict[Hashable, tuple[object, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> np.ndarray | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[1]
+
+    def put(self, key: Hashable, pixels: np.ndarray, owner: object = None) -> None:
+        """Keep ``pixels`` under ``key``; ``owner`` (kept alive with them) lets a key hold ``id(owner)`` safely."""
+        pixels.flags.writeable = False  # shared by every later read
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = (owner, pixels)
+                self.used += pixels.nbytes
+            while self.used > self.budget:
+                self.used -= self._items.popitem(last=False)[1][1].nbytes
+
+
+#: Decoded pixels of *small* levels (at most `SMALL_LEVEL_BYTES` decoded) kept per process, up to
+#: 256 MiB in all: a prediction reads its low levels several times (tissue mask, overlapping
+#: attention windows, the heatmap's thumbnail), and over a URL each read would cost the bytes
+#: again. Full-resolution levels, read once per patch, are never kept.
+SMALL_LEVEL_BYTES = 64 << 20
+SMALL_PIXELS = PixelCache(256 << 20)

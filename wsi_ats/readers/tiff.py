@@ -44,9 +44,7 @@ placeholder); properties carry ``aperio.*``, ``tiff.*`` and OpenSlide's keys.
 
 from __future__ import annotations
 
-import threading
 import xml.etree.ElementTree as ET
-from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +54,7 @@ import tifffile
 from tifffile import TIFF
 
 from wsi_ats.readers.base import Level, Slide, SlideError, blit
-from wsi_ats.readers.handles import HandleCache
+from wsi_ats.readers.handles import SMALL_LEVEL_BYTES, SMALL_PIXELS, HandleCache
 from wsi_ats.readers.metadata import downsample, mean_mpp, openslide_properties, parse_float, to_microns
 from wsi_ats.readers.pixels import check_samples, to_rgb
 from wsi_ats.readers.remote import ByteSource, is_url, open_bytes, source_key
@@ -64,11 +62,6 @@ from wsi_ats.readers.zarr import Pyramid, ZarrSlide, pyramid_levels
 
 #: Parsed TIFF files kept open per process.
 MAX_OPEN = 32
-#: Decoded tiles of *small* levels (at most `SMALL_LEVEL_BYTES` decoded) kept per process, up to
-#: `SMALL_TILES_BYTES` in all: a prediction reads its low levels several times (tissue mask,
-#: attention windows, the heatmap's thumbnail), and over a URL each read would cost the bytes
-#: again. Full-resolution levels, read once per patch, are never kept.
-SMALL_LEVEL_BYTES, SMALL_TILES_BYTES = 64 << 20, 256 << 20
 #: TIFF tags copied into ``properties`` as ``tiff.<name>`` (the ones OpenSlide reports).
 _TIFF_TAGS = (
     "ImageDescription",
@@ -112,34 +105,6 @@ class _TiledHandle:
 _HANDLES: HandleCache[_TiledHandle | Pyramid] = HandleCache(MAX_OPEN)
 
 
-class _SmallTiles:
-    """A byte-bounded LRU of decoded tiles (read-only arrays), keyed by file version, level and tile."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget, self.used = budget, 0
-        self._tiles: OrderedDict[Hashable, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> np.ndarray | None:
-        with self._lock:
-            tile = self._tiles.get(key)
-            if tile is not None:
-                self._tiles.move_to_end(key)
-            return tile
-
-    def put(self, key: Hashable, tile: np.ndarray) -> None:
-        tile.flags.writeable = False  # shared by every later read
-        with self._lock:
-            if key not in self._tiles:
-                self._tiles[key] = tile
-                self.used += tile.nbytes
-            while self.used > self.budget:
-                self.used -= self._tiles.popitem(last=False)[1].nbytes
-
-
-_SMALL_TILES = _SmallTiles(SMALL_TILES_BYTES)
-
-
 def open_tiff(path: str, storage_options: dict[str, Any] | None = None, remote_cache: str | None = None) -> Slide:
     """A TIFF (path or URL) as a `TiffSlide` (tiled fast path) or, failing that, a `ZarrSlide` on tifffile's zarr view.
 
@@ -180,7 +145,7 @@ class TiffSlide(Slide):
         h0, w0 = self.levels[level].shape
         small = h0 * w0 * 3 <= SMALL_LEVEL_BYTES
         keys = [(self._key, level, tile) for tile in tiles]
-        kept = [_SMALL_TILES.get(k) if small else None for k in keys]
+        kept = [SMALL_PIXELS.get(k) if small else None for k in keys]
         missing = [t for t, k in zip(tiles, kept) if k is None]
         handle = self._handle()
         lv, index, ranges = self._ranges(handle, level, missing)
@@ -196,7 +161,7 @@ class TiffSlide(Slide):
                 continue
             pixels = self._decode(level, tile, lv, i, next(data), h, w) if lv.counts[i] else np.full((h, w, 3), 255, np.uint8)
             if small:
-                _SMALL_TILES.put(key, pixels)
+                SMALL_PIXELS.put(key, pixels)
             out.append(pixels)
         return out
 

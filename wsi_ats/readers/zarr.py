@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from wsi_ats.readers.base import Level, Slide, SlideError
-from wsi_ats.readers.handles import HandleCache
+from wsi_ats.readers.base import Level, Slide, SlideError, blit
+from wsi_ats.readers.handles import SMALL_LEVEL_BYTES, SMALL_PIXELS, HandleCache
 from wsi_ats.readers.metadata import downsample, mean_mpp, openslide_properties, to_microns
 from wsi_ats.readers.pixels import WHITE, check_samples, to_rgb, to_uint8
 
@@ -102,6 +102,21 @@ class ZarrSlide(Slide):
         super().__init__(source, pyramid.levels, pyramid.mpp, pyramid.properties)
 
     def _read(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        H, W = self.levels[level].shape
+        if H * W * 3 > SMALL_LEVEL_BYTES:
+            return self._read_array(level, y, x, h, w)
+        out = np.empty((h, w, 3), np.uint8)  # a small level: tile by tile, each decoded once per process
+        th, tw = self.tile_shape(level)
+        for ty, tx in self.tiles_covering(level, (y, x), (h, w)):
+            key = ("zarr", id(self._pyramid), level, ty, tx)  # the cache keeps the pyramid alive: its id stays its own
+            tile = SMALL_PIXELS.get(key)
+            if tile is None:
+                tile = self._read_array(level, *self.tile_box(level, ty, tx))
+                SMALL_PIXELS.put(key, tile, owner=self._pyramid)
+            blit(out, (y, x), tile, (ty * th, tx * tw))
+        return out
+
+    def _read_array(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         p = self._pyramid
         bounds = {"y": slice(y, y + h), "x": slice(x, x + w), "c": slice(None)}
         try:
