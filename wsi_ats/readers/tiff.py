@@ -141,29 +141,26 @@ class TiffSlide(Slide):
 
     def read_tiles(self, level: int, tiles: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Several tiles of a level: their byte ranges are requested together (in flight at once over a URL)."""
-        boxes = [self.tile_box(level, ty, tx) for ty, tx in tiles]  # checks each tile lies in the level
+        shapes = {tile: self.tile_box(level, *tile)[2:] for tile in tiles}  # checks each tile lies in the level
         h0, w0 = self.levels[level].shape
         small = h0 * w0 * 3 <= SMALL_LEVEL_BYTES
-        keys = [(self._key, level, tile) for tile in tiles]
-        kept = [SMALL_PIXELS.get(k) if small else None for k in keys]
-        missing = [t for t, k in zip(tiles, kept) if k is None]
+        kept = [SMALL_PIXELS.get((self._key, level, tile)) if small else None for tile in tiles]
+        missing = [tile for tile, k in zip(tiles, kept) if k is None]
         handle = self._handle()
         lv, index, ranges = self._ranges(handle, level, missing)
         try:
             data = iter(handle.file.read_many(ranges))
         except OSError as err:
             raise SlideError(f"{self.source}: cannot read level {level} tiles: {err}") from err
-        out = []
-        for tile, key, tile_kept, (_, _, h, w) in zip(tiles, keys, kept, boxes):
-            i = int(tile[0]) * self.tile_grid(level)[1] + int(tile[1])
-            if tile_kept is not None:
-                out.append(tile_kept)
-                continue
+        fresh = []
+        for tile, i in zip(missing, index):
+            h, w = shapes[tile]
             pixels = self._decode(level, tile, lv, i, next(data), h, w) if lv.counts[i] else np.full((h, w, 3), 255, np.uint8)
             if small:
-                SMALL_PIXELS.put(key, pixels)
-            out.append(pixels)
-        return out
+                SMALL_PIXELS.put((self._key, level, tile), pixels)
+            fresh.append(pixels)
+        decoded = iter(fresh)
+        return [k if k is not None else next(decoded) for k in kept]
 
     def prefetch_tiles(self, level: int, tiles: Sequence[tuple[int, int]]) -> None:
         for ty, tx in tiles:
